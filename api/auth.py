@@ -1,0 +1,183 @@
+"""Who is calling: Firebase ID tokens, development tokens, and the ops key.
+
+- `Authorization: Bearer <Firebase ID token>`: verified by firebase-admin (RS256 signature
+  against Google's certificates, audience = project id, issuer, expiry). Admin = custom
+  claim `admin: true`.
+- Local development only (`AUTH_MODE=dev` with debug on): `Bearer dev:<uid>` and
+  `Bearer dev:<uid>:admin`.
+- `X-Ops-Key: <OPS_API_KEY>` for ops endpoints (cron), compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import structlog
+from django.conf import settings
+from django.http import HttpRequest
+from firebase_admin import auth as firebase_auth
+from ninja.security import APIKeyHeader, HttpBearer
+
+from api.errors import Forbidden, ServiceUnavailable, Unauthenticated
+from integrations import firebase
+
+log = structlog.get_logger("api.auth")
+
+_DEV_TOKEN = re.compile(r"^dev:(?P<uid>[A-Za-z0-9._\-]{1,128})(?P<admin>:admin)?$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller."""
+
+    uid: str
+    admin: bool = False
+    via: str = "firebase"  # firebase | dev | ops
+    claims: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+class _VerifiedTokenCache:
+    """Verified claims by token digest, kept until shortly before the token expires.
+
+    An app reuses one ID token for up to an hour; verifying its RS256 signature once
+    instead of on every request keeps `/api/token` close to a trivial endpoint's speed.
+    """
+
+    def __init__(self, max_entries: int = 4096):
+        self._entries: OrderedDict[bytes, tuple[float, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def get(self, token: str) -> dict | None:
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None:
+                return None
+            if hit[0] <= time.time():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return hit[1]
+
+    def put(self, token: str, claims: dict) -> None:
+        key = hashlib.sha256(token.encode()).digest()
+        # Keep a margin so a cached token never outlives its own expiry.
+        expires = float(claims.get("exp", 0)) - 5
+        with self._lock:
+            self._entries[key] = (expires, claims)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+verified_tokens = _VerifiedTokenCache()
+
+
+def dev_auth_enabled() -> bool:
+    return settings.AUTH_MODE == "dev" and settings.DEBUG
+
+
+def _principal_from_dev_token(token: str) -> Principal:
+    if not dev_auth_enabled():
+        raise Unauthenticated(
+            "Development tokens ('dev:<uid>') are accepted only in local development mode.",
+            code="invalid_token",
+        )
+    match = _DEV_TOKEN.match(token)
+    if not match:
+        raise Unauthenticated("A development token is 'dev:<uid>' or 'dev:<uid>:admin'.",
+                              code="invalid_token")
+    admin = bool(match["admin"])
+    return Principal(uid=match["uid"], admin=admin, via="dev", claims={"admin": admin})
+
+
+def _principal_from_id_token(token: str) -> Principal:
+    claims = verified_tokens.get(token)
+    if claims is None:
+        try:
+            claims = firebase.verify_id_token(token)
+        except firebase_auth.ExpiredIdTokenError:
+            raise Unauthenticated("The ID token has expired; refresh it and retry.",
+                                  code="token_expired") from None
+        except firebase_auth.CertificateFetchError as exc:
+            log.warning("auth_certificates_unavailable", error=str(exc))
+            raise ServiceUnavailable("Cannot fetch the token signing certificates right now.",
+                                     code="auth_unavailable") from None
+        except (firebase_auth.InvalidIdTokenError, ValueError) as exc:
+            raise Unauthenticated(f"The ID token is not valid: {exc}",
+                                  code="invalid_token") from None
+        verified_tokens.put(token, claims)
+    return Principal(uid=claims["uid"], admin=claims.get("admin") is True, claims=claims)
+
+
+def principal_from_bearer(request: HttpRequest) -> Principal:
+    """The caller named by the Authorization header; raises 401 with the reason."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise Unauthenticated()
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("The Authorization header must be 'Bearer <token>'.",
+                              code="invalid_authorization_header")
+    if token.startswith("dev:"):
+        return _principal_from_dev_token(token)
+    return _principal_from_id_token(token)
+
+
+def principal_from_ops_key(request: HttpRequest) -> Principal | None:
+    """The ops principal when `X-Ops-Key` is present and right; None when absent."""
+    key = request.headers.get("X-Ops-Key")
+    if key is None:
+        return None
+    expected = settings.OPS_API_KEY
+    if not expected or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise Forbidden("The ops key is not valid.", code="invalid_ops_key")
+    return Principal(uid="ops", via="ops")
+
+
+def _remember(request: HttpRequest, principal: Principal) -> Principal:
+    request.principal = principal
+    structlog.contextvars.bind_contextvars(uid=principal.uid)
+    return principal
+
+
+class UserAuth(HttpBearer):
+    """Any authenticated app user (Firebase ID token, or a dev token in dev mode)."""
+
+    def __call__(self, request: HttpRequest) -> Principal:
+        return _remember(request, principal_from_bearer(request))
+
+    def authenticate(self, request: HttpRequest, token: str) -> Principal:  # pragma: no cover
+        raise NotImplementedError  # __call__ does the whole job
+
+
+class OpsOrAdminAuth(APIKeyHeader):
+    """The ops key, or an admin user's token (for ops endpoints such as the sweep)."""
+
+    param_name = "X-Ops-Key"
+
+    def __call__(self, request: HttpRequest) -> Principal:
+        principal = principal_from_ops_key(request) or principal_from_bearer(request)
+        if principal.via != "ops" and not principal.admin:
+            raise Forbidden("This endpoint needs the ops key or an admin account.",
+                            code="admin_required")
+        return _remember(request, principal)
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Principal:  # pragma: no cover
+        raise NotImplementedError
+
+
+user_auth = UserAuth()
+ops_or_admin_auth = OpsOrAdminAuth()

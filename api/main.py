@@ -1,0 +1,62 @@
+"""The NinjaAPI: routers, and the one exception handler that renders every error."""
+
+from __future__ import annotations
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from api import errors
+from api.health import router as health_router
+from api.tokens import router as token_router
+
+api = NinjaAPI(
+    title="Memharbor API",
+    version="1",
+    description="Agora tokens, calls, pushes and recordings for Memharbor's mobile apps.",
+    urls_namespace="api",
+)
+
+api.add_router("/health", health_router)
+api.add_router("/token", token_router)
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, list[dict]]:
+    details = []
+    for error in exc.errors:
+        # loc is ("body", "<param name>", "field", ...): the client knows only the field path.
+        loc = [str(part) for part in error.get("loc", ())][2:]
+        field = ".".join(loc)
+        message = error.get("msg", "is not valid")
+        if not field and error.get("type") == "missing":
+            message = "A JSON request body is required."
+        details.append({"field": field, "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else d["message"]
+                        for d in details)
+    return summary or "The request is not valid.", details
+
+
+def _render_any_error(request: HttpRequest, exc: Exception):
+    if isinstance(exc, errors.ApiError):
+        return errors.api_error_response(exc)
+    if isinstance(exc, ValidationError):
+        message, details = _validation_message(exc)
+        return errors.error_response(status=400, code="validation_error", message=message,
+                                     details=details)
+    if isinstance(exc, AuthenticationError):
+        return errors.api_error_response(errors.Unauthenticated())
+    if isinstance(exc, HttpError):
+        if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
+            return errors.api_error_response(errors.MalformedJson())
+        return errors.error_response(status=exc.status_code, message=str(exc))
+    if isinstance(exc, Http404):
+        return errors.api_error_response(errors.NotFound())
+    if isinstance(exc, RequestDataTooBig):
+        return errors.error_response(status=413, message="The request body is too large.")
+    return errors.internal_error_response(request, exc)
+
+
+# ninja picks the most specific registered handler, so every class it knows is pointed here.
+for _exc_class in (Exception, ValidationError, HttpError, Http404):
+    api.add_exception_handler(_exc_class, _render_any_error)

@@ -1,0 +1,83 @@
+"""Request id, one JSON log line per request, body-size guard, JSON for every error."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from api.errors import error_response
+
+log = structlog.get_logger("api.request")
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{8,128}$")
+
+
+class RequestLogMiddleware:
+    """Binds a request id (the client's `X-Request-ID` when sane), logs the outcome."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        request.request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request.request_id)
+        try:
+            response = self._guard_body_size(request) or self.get_response(request)
+            response["X-Request-ID"] = request.request_id
+            principal = getattr(request, "principal", None)
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=response.status_code,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+                uid=principal.uid if principal else None,
+            )
+            return response
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    @staticmethod
+    def _guard_body_size(request: HttpRequest) -> HttpResponse | None:
+        # Refuse before reading: a declared oversized body is never buffered.
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return error_response(status=400, message="Content-Length is not a number.")
+        limit = settings.API_MAX_BODY_BYTES
+        if declared > limit:
+            return error_response(
+                status=413, message=f"The request body is larger than {limit} bytes."
+            )
+        return None
+
+
+class JsonErrorMiddleware:
+    """Turns Django's and ninja's plain-text errors under /api/ (404, 405, ...) into JSON."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code < 400 or not request.path.startswith("/api/"):
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        headers = {}
+        if response.status_code == 405:
+            headers["Allow"] = response.get("Allow", "")
+            message = f"{request.method} is not allowed here; allowed: {headers['Allow']}."
+        elif response.status_code == 404:
+            message = f"No endpoint at {request.path}."
+        else:
+            message = None
+        return error_response(status=response.status_code, message=message, headers=headers)

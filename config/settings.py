@@ -1,0 +1,159 @@
+"""Memharbor settings: everything comes from the environment (12-factor), see `.env.example`.
+
+The defaults are production-safe: with debug off the server refuses to start when a secret
+it needs is missing. Local development defaults are supplied by `python -m devstack`
+(`make run`), which says so in its log.
+"""
+
+import re
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")  # never overrides variables already set
+
+
+def _env_first(*names: str, default: str = "") -> str:
+    """The first of several synonymous variables that is set (the seed used two names)."""
+    for name in names:
+        value = env.str(name, default="")
+        if value:
+            return value
+    return default
+
+
+DEBUG = env.bool("MEMHARBOR_DEBUG", default=False)
+SECRET_KEY = env.str("MEMHARBOR_SECRET_KEY", default="")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+# nginx terminates TLS and forwards the scheme.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = False
+
+# Agora
+AGORA_APP_ID = env.str("AGORA_APP_ID", default="")
+AGORA_APP_CERT = env.str("AGORA_APP_CERT", default="")
+AGORA_TOKEN_VERSION = env.str("AGORA_TOKEN_VERSION", default="007")
+
+# Firebase
+FIREBASE_PROJECT_ID = env.str("FIREBASE_PROJECT_ID", default="demo-memharbor")
+FIREBASE_STORAGE_BUCKET = env.str(
+    "FIREBASE_STORAGE_BUCKET", default=f"{FIREBASE_PROJECT_ID}.appspot.com"
+)
+FIREBASE_USE_EMULATOR = env.bool("FIREBASE_USE_EMULATOR", default=False)
+FIRESTORE_EMULATOR_HOST = env.str("FIRESTORE_EMULATOR_HOST", default="")
+# Either name works; a bare host:port gets the http:// scheme the GCS client needs.
+FIREBASE_STORAGE_EMULATOR_HOST = _env_first(
+    "FIREBASE_STORAGE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"
+)
+if FIREBASE_STORAGE_EMULATOR_HOST and "://" not in FIREBASE_STORAGE_EMULATOR_HOST:
+    FIREBASE_STORAGE_EMULATOR_HOST = "http://" + FIREBASE_STORAGE_EMULATOR_HOST
+# Service-account JSON itself, or a path to it.
+FIREBASE_SERVICE_ACCOUNT = env.str("FIREBASE_SERVICE_ACCOUNT", default="")
+GOOGLE_APPLICATION_CREDENTIALS = env.str("GOOGLE_APPLICATION_CREDENTIALS", default="")
+# Where Firebase ID-token signing certificates are fetched; tests point it at loopback.
+FIREBASE_AUTH_CERT_URL = env.str(
+    "FIREBASE_AUTH_CERT_URL",
+    default="https://www.googleapis.com/robot/v1/metadata/x509/"
+    "securetoken@system.gserviceaccount.com",
+)
+
+# Auth: "firebase" (always in production) or "dev" (accepts `Bearer dev:<uid>`, debug only).
+AUTH_MODE = env.str("AUTH_MODE", default="firebase")
+OPS_API_KEY = env.str("OPS_API_KEY", default="")
+
+# Request limits and health
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+HEALTH_TIMEOUT_SECONDS = env.float("HEALTH_TIMEOUT_SECONDS", default=2.0)
+
+# Recorder service (the recorder issue fills this in)
+RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")
+
+# Logging
+LOG_DIR = Path(env.str("LOG_DIR", default=str(BASE_DIR / "logs")))
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FILE_MAX_BYTES = env.int("LOG_FILE_MAX_BYTES", default=20 * 1024 * 1024)
+LOG_FILE_BACKUPS = env.int("LOG_FILE_BACKUPS", default=5)
+
+
+def _refuse_unsafe_production() -> None:
+    """With debug off, name every missing secret instead of starting half-configured."""
+    if DEBUG:
+        return
+    problems = []
+    if not SECRET_KEY:
+        problems.append("MEMHARBOR_SECRET_KEY is not set")
+    if not AGORA_APP_ID:
+        problems.append("AGORA_APP_ID is not set")
+    if not AGORA_APP_CERT:
+        problems.append("AGORA_APP_CERT is not set")
+    if not (FIREBASE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS or FIREBASE_USE_EMULATOR):
+        problems.append(
+            "FIREBASE_SERVICE_ACCOUNT is not set (nor GOOGLE_APPLICATION_CREDENTIALS, "
+            "nor FIREBASE_USE_EMULATOR=true)"
+        )
+    if AUTH_MODE == "dev":
+        problems.append("AUTH_MODE=dev is only allowed with MEMHARBOR_DEBUG=1")
+    if AUTH_MODE not in ("firebase", "dev"):
+        problems.append(f"AUTH_MODE must be 'firebase' or 'dev', not {AUTH_MODE!r}")
+    if problems:
+        raise ImproperlyConfigured(
+            "Refusing to start with MEMHARBOR_DEBUG off: " + "; ".join(problems) + "."
+        )
+
+
+_refuse_unsafe_production()
+for _name, _value in (("AGORA_APP_ID", AGORA_APP_ID), ("AGORA_APP_CERT", AGORA_APP_CERT)):
+    if _value and not re.fullmatch(r"[0-9a-fA-F]{32}", _value):
+        raise ImproperlyConfigured(f"{_name} must be 32 hexadecimal characters.")
+if AGORA_TOKEN_VERSION not in ("007", "006"):
+    raise ImproperlyConfigured("AGORA_TOKEN_VERSION must be '007' or '006'.")
+if not SECRET_KEY:
+    SECRET_KEY = "insecure-local-development-key"
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
+    "ninja",
+]
+
+MIDDLEWARE = [
+    "api.middleware.RequestLogMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the OpenAPI docs' own assets
+    "django.middleware.common.CommonMiddleware",
+    "api.middleware.JsonErrorMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+APPEND_SLASH = False
+
+# No SQL database: all data lives in Firestore.
+DATABASES = {}
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+STATIC_URL = "static/"
+# Serve straight from the apps' static folders: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+from config.logging import build_logging_config  # noqa: E402
+
+LOGGING_CONFIG = None
+build_logging_config(log_dir=LOG_DIR, level=LOG_LEVEL, max_bytes=LOG_FILE_MAX_BYTES,
+                     backups=LOG_FILE_BACKUPS)

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from api.main import api
+
+urlpatterns = [path("api/", api.urls)]
+
+handler404 = "api.errors.django_not_found"
+handler500 = "api.errors.django_server_error"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Memharbor needs when they are missing (root or sudo).
+# Usage: scripts/system-deps.sh run|test
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ffmpeg || need+=(ffmpeg)
+have java || need+=(default-jre-headless)
+if [ "${1:-run}" = test ]; then
+  have nginx || need+=(nginx-light)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "[system-deps] installing: ${need[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+jar="${FIRESTORE_EMULATOR_JAR:-/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar}"
+if [ ! -f "$jar" ]; then
+  echo "[system-deps] the Firestore emulator jar is missing ($jar): install the Debian package google-cloud-cli-firestore-emulator (Google Cloud's apt repository) or set FIRESTORE_EMULATOR_JAR" >&2
+  exit 1
+fi

@@ -1,0 +1,80 @@
+"""`make run`'s stack: starts with no .env, answers the README's curl lines, and Ctrl-C
+leaves no process and no listening port behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from devstack.emulators import free_port
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
+    ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port()}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MEMHARBOR_", "AGORA_", "FIREBASE_", "FIRESTORE_", "STORAGE_",
+                                "AUTH_MODE", "OPS_API_KEY", "DJANGO_SETTINGS_MODULE"))}
+    env.update(FIRESTORE_PORT=str(ports["FIRESTORE_PORT"]), STORAGE_PORT=str(ports["STORAGE_PORT"]),
+               GUNICORN_BIND=f"127.0.0.1:{ports['API']}", LOG_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    output = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "ready; Ctrl-C stops everything" in line:
+                break
+        text = "".join(output)
+        assert "ready" in text, text
+        assert "local development defaults in use" in text and "DEV AUTH IS ON" in text
+        base = f"http://127.0.0.1:{ports['API']}"
+        with urllib.request.urlopen(f"{base}/api/health", timeout=10) as response:
+            assert json.load(response)["status"] == "ok"
+        request = urllib.request.Request(
+            f"{base}/api/token", data=b'{"channel": "group1_alice_bob", "uid": 12345}',
+            headers={"Authorization": "Bearer dev:alice", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["token"].startswith("007")
+        children = _children_of(proc.pid)
+        assert len(children) >= 3  # java, fake-gcs-server, gunicorn
+
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert "stopped" in rest
+        for port in ports.values():
+            assert not _listening(port), f"port {port} still listening"
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)

@@ -1,0 +1,70 @@
+"""Every failure a client can cause, and the ones it cannot, answer one JSON error shape."""
+
+from __future__ import annotations
+
+from django.test import override_settings
+
+from tests.conftest import api_log_lines, post_json
+
+
+def _error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["success"] is False
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_validation_error_names_the_field(client, bearer):
+    error = _error(post_json(client, "/api/token", {"channel": "c", "uid": "x"}, bearer("a")),
+                   400, "validation_error")
+    assert error["message"].startswith("uid:")
+    assert error["details"][0]["field"] == "uid"
+
+
+def test_an_empty_body_says_a_body_is_required(client, bearer):
+    error = _error(post_json(client, "/api/token", "", bearer("a")), 400, "validation_error")
+    assert "body is required" in error["message"]
+
+
+def test_malformed_json_is_400(client, bearer):
+    _error(post_json(client, "/api/token", '{"channel": ', bearer("a")), 400, "malformed_json")
+
+
+def test_a_json_array_is_not_an_object(client, bearer):
+    _error(post_json(client, "/api/token", "[1, 2]", bearer("a")), 400, "validation_error")
+
+
+def test_an_oversized_body_is_413_before_it_is_read(client, bearer):
+    huge = '{"channel": "' + "x" * 70_000 + '", "uid": 1}'
+    _error(post_json(client, "/api/token", huge, bearer("a")), 413, "payload_too_large")
+
+
+def test_an_unknown_path_is_404_json(client):
+    error = _error(client.get("/api/no/such/thing"), 404, "not_found")
+    assert "/api/no/such/thing" in error["message"]
+
+
+def test_a_wrong_method_is_405_json_with_allow(client, bearer):
+    response = client.get("/api/token", headers=bearer("a"))
+    _error(response, 405, "method_not_allowed")
+    assert response["Allow"] == "POST"
+
+
+def test_auth_failure_is_401_json(client):
+    _error(post_json(client, "/api/token", {"channel": "c", "uid": 1}), 401, "unauthenticated")
+
+
+@override_settings(AGORA_APP_ID="not-a-valid-app-id")
+def test_an_unexpected_failure_is_500_json_with_request_id_and_logged(client, bearer):
+    response = post_json(client, "/api/token", {"channel": "c", "uid": 1}, bearer("a"))
+    error = _error(response, 500, "internal_error")
+    request_id = response["X-Request-ID"]
+    assert error["requestId"] == request_id and request_id in error["message"]
+    assert "Agora" not in response.content.decode()  # nothing of the exception is sent
+    logged = [line for line in api_log_lines() if line.get("request_id") == request_id]
+    crash = next(line for line in logged if line["event"] == "unhandled_exception")
+    assert "RuntimeError" in crash["exception"] and "Traceback" in crash["exception"]
+    assert any(line["event"] == "request" and line["status"] == 500 for line in logged)

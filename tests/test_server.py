@@ -1,0 +1,51 @@
+"""The real server process: gunicorn with config/gunicorn.conf.py, over HTTP."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from devstack.emulators import free_port
+
+
+def _call(url: str, *, body: dict | None = None, headers: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.load(response), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc), dict(exc.headers)
+
+
+def test_gunicorn_serves_health_and_tokens_with_real_id_tokens(start_server, securetoken):
+    base = start_server()
+    status, body, _ = _call(f"{base}/api/health")
+    assert status == 200 and body["status"] == "ok"
+    status, body, headers = _call(
+        f"{base}/api/token", body={"channel": "g1_alice_bob_1", "uid": 7},
+        headers={"Authorization": f"Bearer {securetoken.mint('alice')}",
+                 "X-Request-ID": "client-chosen-id-123"})
+    assert status == 200 and body["token"].startswith("007")
+    assert headers["X-Request-ID"] == "client-chosen-id-123"
+
+
+def test_firestore_down_makes_health_503_quickly(start_server):
+    base = start_server(FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+                        HEALTH_TIMEOUT_SECONDS="1")
+    status, body, _ = _call(f"{base}/api/health")
+    assert status == 503
+    assert body["status"] == "down"
+    assert body["firestore"]["status"] == "down" and body["storage"]["status"] == "ok"
+
+
+def test_storage_down_degrades_health_but_stays_200(start_server):
+    dead = f"http://127.0.0.1:{free_port()}"
+    base = start_server(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
+                        HEALTH_TIMEOUT_SECONDS="1")
+    status, body, _ = _call(f"{base}/api/health")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["firestore"]["status"] == "ok" and body["storage"]["status"] == "down"
