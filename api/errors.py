@@ -22,10 +22,10 @@ class ApiError(Exception):
     message = "The request is not valid."
 
     def __init__(self, message: str | None = None, *, code: str | None = None,
-                 status: int | None = None, **extra):
+                 http_status: int | None = None, **extra):
         self.message = message or self.message
         self.code = code or self.code
-        self.status = status or self.status
+        self.status = http_status or self.status
         self.extra = extra  # additional top-level fields of the error object
         super().__init__(self.message)
 
@@ -85,15 +85,15 @@ _CODES_BY_STATUS = {
 }
 
 
-def error_response(*, status: int, code: str | None = None, message: str | None = None,
+def error_response(*, http_status: int, code: str | None = None, message: str | None = None,
                    headers: dict | None = None, **extra) -> JsonResponse:
-    """The one JSON shape of every error answer."""
+    """The one JSON shape of every error answer; `extra` adds fields to the error object."""
     body_error = {
-        "code": code or _CODES_BY_STATUS.get(status, f"http_{status}"),
-        "message": message or http.HTTPStatus(status).phrase,
+        "code": code or _CODES_BY_STATUS.get(http_status, f"http_{http_status}"),
+        "message": message or http.HTTPStatus(http_status).phrase,
         **extra,
     }
-    response = JsonResponse({"success": False, "error": body_error}, status=status,
+    response = JsonResponse({"success": False, "error": body_error}, status=http_status,
                             json_dumps_params={"ensure_ascii": False})
     for name, value in (headers or {}).items():
         response[name] = value
@@ -101,27 +101,26 @@ def error_response(*, status: int, code: str | None = None, message: str | None 
 
 
 def api_error_response(exc: ApiError) -> JsonResponse:
-    return error_response(status=exc.status, code=exc.code, message=exc.message, **exc.extra)
+    return error_response(http_status=exc.status, code=exc.code, message=exc.message,
+                          **exc.extra)
 
 
 def internal_error_response(request: HttpRequest, exc: BaseException) -> JsonResponse:
     """Log the traceback, answer 500 with the request id and nothing of the exception."""
     request_id = getattr(request, "request_id", "")
     log.error("unhandled_exception", exc_info=exc, path=request.path)
-    return error_response(
-        status=500,
+    return error_response(http_status=500,
         message=f"Internal server error; quote request id {request_id} when reporting it.",
         requestId=request_id,
     )
 
 
 def django_not_found(request, exception=None):
-    return error_response(status=404, message=f"No endpoint at {request.path}.")
+    return error_response(http_status=404, message=f"No endpoint at {request.path}.")
 
 
 def django_server_error(request):
-    return error_response(
-        status=500,
+    return error_response(http_status=500,
         message="Internal server error; quote request id "
         f"{getattr(request, 'request_id', '')} when reporting it.",
     )

@@ -8,6 +8,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from api import errors
+from api.calls import router as call_router
 from api.health import router as health_router
 from api.tokens import router as token_router
 
@@ -20,6 +21,7 @@ api = NinjaAPI(
 
 api.add_router("/health", health_router)
 api.add_router("/token", token_router)
+api.add_router("/call", call_router)
 
 
 def _validation_message(exc: ValidationError) -> tuple[str, list[dict]]:
@@ -42,18 +44,18 @@ def _render_any_error(request: HttpRequest, exc: Exception):
         return errors.api_error_response(exc)
     if isinstance(exc, ValidationError):
         message, details = _validation_message(exc)
-        return errors.error_response(status=400, code="validation_error", message=message,
+        return errors.error_response(http_status=400, code="validation_error", message=message,
                                      details=details)
     if isinstance(exc, AuthenticationError):
         return errors.api_error_response(errors.Unauthenticated())
     if isinstance(exc, HttpError):
         if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
             return errors.api_error_response(errors.MalformedJson())
-        return errors.error_response(status=exc.status_code, message=str(exc))
+        return errors.error_response(http_status=exc.status_code, message=str(exc))
     if isinstance(exc, Http404):
         return errors.api_error_response(errors.NotFound())
     if isinstance(exc, RequestDataTooBig):
-        return errors.error_response(status=413, message="The request body is too large.")
+        return errors.error_response(http_status=413, message="The request body is too large.")
     return errors.internal_error_response(request, exc)
 
 

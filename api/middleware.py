@@ -51,11 +51,11 @@ class RequestLogMiddleware:
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return error_response(status=400, message="Content-Length is not a number.")
+            return error_response(http_status=400, message="Content-Length is not a number.")
         limit = settings.API_MAX_BODY_BYTES
         if declared > limit:
             return error_response(
-                status=413, message=f"The request body is larger than {limit} bytes."
+                http_status=413, message=f"The request body is larger than {limit} bytes."
             )
         return None
 
@@ -80,4 +80,4 @@ class JsonErrorMiddleware:
             message = f"No endpoint at {request.path}."
         else:
             message = None
-        return error_response(status=response.status_code, message=message, headers=headers)
+        return error_response(http_status=response.status_code, message=message, headers=headers)

@@ -11,6 +11,7 @@ from ninja import Router, Schema
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from api.auth import user_auth
+from calls.services import call_token_check
 from integrations import agora
 
 router = Router(tags=["token"], auth=user_auth)
@@ -65,6 +66,7 @@ class TokenOut(Schema):
 
 @router.post("", response=TokenOut, summary="Issue an Agora RTC token")
 def token_issue(request: HttpRequest, payload: TokenIn):
+    call_token_check(principal=request.principal, channel=payload.channel)
     built = agora.rtc_token_build(
         app_id=settings.AGORA_APP_ID,
         app_certificate=settings.AGORA_APP_CERT,

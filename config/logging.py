@@ -55,8 +55,9 @@ def build_logging_config(*, log_dir: Path, level: str, max_bytes: int, backups: 
             },
             "root": {"handlers": ["stdout", "file"], "level": level},
             "loggers": {
-                # Django's own request logger would log 4xx/5xx a second time.
-                "django.request": {"level": "CRITICAL", "propagate": True},
+                # 4xx are in the request line already; keep Django's 5xx reports, which
+                # carry the traceback of anything that escapes the API's own handler.
+                "django.request": {"level": "ERROR", "propagate": True},
                 "django.server": {"level": "WARNING", "propagate": True},
                 "urllib3": {"level": "WARNING"},
                 "google": {"level": "WARNING"},

@@ -70,6 +70,12 @@ API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 HEALTH_TIMEOUT_SECONDS = env.float("HEALTH_TIMEOUT_SECONDS", default=2.0)
 
+# Calls
+CALL_RING_TIMEOUT_SECONDS = env.int("CALL_RING_TIMEOUT_SECONDS", default=60)
+# "call" (default): tokens only for participants of an active call on the channel;
+# "authenticated": any signed-in user (for testing clients without the call flow).
+TOKEN_CHANNEL_POLICY = env.str("TOKEN_CHANNEL_POLICY", default="call")
+
 # Recorder service (the recorder issue fills this in)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")
 
@@ -107,6 +113,8 @@ def _refuse_unsafe_production() -> None:
 
 
 _refuse_unsafe_production()
+if TOKEN_CHANNEL_POLICY not in ("call", "authenticated"):
+    raise ImproperlyConfigured("TOKEN_CHANNEL_POLICY must be 'call' or 'authenticated'.")
 for _name, _value in (("AGORA_APP_ID", AGORA_APP_ID), ("AGORA_APP_CERT", AGORA_APP_CERT)):
     if _value and not re.fullmatch(r"[0-9a-fA-F]{32}", _value):
         raise ImproperlyConfigured(f"{_name} must be 32 hexadecimal characters.")
@@ -119,6 +127,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.staticfiles",
     "ninja",
+    "calls",
 ]
 
 MIDDLEWARE = [

@@ -98,3 +98,10 @@ def start_server(emulators, securetoken, tmp_path):
     yield start
     for proc in started:
         stop(proc)
+
+
+@pytest.fixture
+def any_channel(settings):
+    """Tokens for any channel (TOKEN_CHANNEL_POLICY=authenticated), for tests about auth,
+    errors and token building rather than about who may join a call."""
+    settings.TOKEN_CHANNEL_POLICY = "authenticated"

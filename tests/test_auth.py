@@ -7,6 +7,8 @@ from django.test import override_settings
 
 from tests.conftest import post_json
 
+pytestmark = pytest.mark.usefixtures("any_channel")
+
 TOKEN_BODY = {"channel": "c", "uid": 1}
 
 

@@ -34,6 +34,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
+        "Authorization": "Bearer dev:alice", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
 def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
     ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port()}
     env = {k: v for k, v in os.environ.items()
@@ -59,11 +66,12 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         base = f"http://127.0.0.1:{ports['API']}"
         with urllib.request.urlopen(f"{base}/api/health", timeout=10) as response:
             assert json.load(response)["status"] == "ok"
-        request = urllib.request.Request(
-            f"{base}/api/token", data=b'{"channel": "group1_alice_bob", "uid": 12345}',
-            headers={"Authorization": "Bearer dev:alice", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert json.load(response)["token"].startswith("007")
+        # The README's lines: invite as alice (dev auth), then a token for that channel.
+        invite = _post(f"{base}/api/call/invite", {
+            "group_id": "group1", "caller_id": "alice", "receiver_id": "bob"})
+        assert invite["success"] and invite["channelName"].startswith("group1_alice_bob_")
+        token = _post(f"{base}/api/token", {"channel": invite["channelName"], "uid": 12345})
+        assert token["token"].startswith("007")
         children = _children_of(proc.pid)
         assert len(children) >= 3  # java, fake-gcs-server, gunicorn
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from django.test import override_settings
 
 from tests.conftest import api_log_lines, post_json
+
+pytestmark = pytest.mark.usefixtures("any_channel")
 
 
 def _error(response, status: int, code: str) -> dict:

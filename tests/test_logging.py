@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import api_log_lines, post_json
+
+pytestmark = pytest.mark.usefixtures("any_channel")
 
 
 def test_each_request_is_one_json_line_with_uid_and_request_id(client, bearer):

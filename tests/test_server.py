@@ -24,10 +24,13 @@ def test_gunicorn_serves_health_and_tokens_with_real_id_tokens(start_server, sec
     base = start_server()
     status, body, _ = _call(f"{base}/api/health")
     assert status == 200 and body["status"] == "ok"
+    alice = {"Authorization": f"Bearer {securetoken.mint('alice')}"}
+    status, call, _ = _call(f"{base}/api/call/invite", headers=alice, body={
+        "group_id": "g1", "caller_id": "alice", "receiver_id": "bob"})
+    assert status == 200 and call["channelName"].startswith("g1_alice_bob_")
     status, body, headers = _call(
-        f"{base}/api/token", body={"channel": "g1_alice_bob_1", "uid": 7},
-        headers={"Authorization": f"Bearer {securetoken.mint('alice')}",
-                 "X-Request-ID": "client-chosen-id-123"})
+        f"{base}/api/token", body={"channel": call["channelName"], "uid": 7},
+        headers={**alice, "X-Request-ID": "client-chosen-id-123"})
     assert status == 200 and body["token"].startswith("007")
     assert headers["X-Request-ID"] == "client-chosen-id-123"
 

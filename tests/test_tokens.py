@@ -15,6 +15,8 @@ from django.conf import settings
 from integrations.agora import rtc_token_build
 from tests.conftest import post_json
 
+pytestmark = pytest.mark.usefixtures("any_channel")
+
 VECTORS = json.loads((Path(__file__).parent / "vectors/agora/agora_tokens.json").read_text())
 
 

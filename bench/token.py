@@ -1,0 +1,346 @@
+"""Benchmark: `POST /api/token` against `GET /api/health/live` on one gunicorn, one run.
+
+    .venv/bin/python bench/token.py [--duration 10] [--connections 16] [--threads 2]
+
+Starts a production-like stack on free loopback ports (Firestore + Storage emulators, a
+fake securetoken certificate server, gunicorn with `config/gunicorn.conf.py` and debug off,
+Firebase auth), then drives it with `wrk` from a separate process. The two endpoints are
+measured alternately (live, token, live, token, ...) and the median of each is reported,
+so drift on a noisy machine touches both. Prints a table, the ratio token / live, and a
+Markdown block for BENCHMARKS.md. Target (DESIGN.md): ratio >= 0.85.
+
+The server caches verified ID tokens, so a run measures one RS256 verification per worker
+and then cache hits: that is what apps do (one ID token reused for up to an hour).
+
+Everything it starts is stopped on exit, Ctrl-C or error (process groups, die-with-parent).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named like the stdlib module `token` (which `inspect`, `tokenize` and thus
+# most libraries import): run as a script, its folder would come first on sys.path and
+# shadow it. Put the repository root there instead, before importing anything else.
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(ROOT)
+elif str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import runpy  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from unittest import mock  # noqa: E402
+
+from devstack.emulators import (  # noqa: E402
+    EmulatorUnavailable,
+    Emulators,
+    _http_ok,
+    free_port,
+    spawn,
+    stop,
+    wait_until,
+)
+from tests.fakes.firebase_auth import FakeSecureToken  # noqa: E402
+
+PROJECT_ID = "demo-memharbor-bench"
+TOKEN_BODY = {"channel": "g1_alice_bob_1700000000000", "uid": 12345}
+TARGET_RATIO = 0.85
+MARK = "WRKJSON "
+
+# wrk prints this from `done()`: latency percentiles in ms, throughput and error counts.
+_LUA_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%s{"requests": %d, "duration_us": %d, "rps": %.2f, "p50_ms": %.3f, "p90_ms": %.3f, ' ..
+    '"p99_ms": %.3f, "max_ms": %.3f, "non2xx": %d, "connect": %d, "read": %d, ' ..
+    '"write": %d, "timeout": %d}\n',
+    "%MARK%", summary.requests, summary.duration,
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000,
+    e.status, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def lua_script(*, method: str, body: str | None, headers: dict[str, str]) -> str:
+    """A static request (no per-request Lua call) plus the JSON `done()`."""
+    lines = [f"wrk.method = {json.dumps(method)}"]
+    if body is not None:
+        lines.append(f"wrk.body = {json.dumps(body)}")
+    for name, value in headers.items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    return "\n".join(lines) + "\n" + _LUA_DONE.replace("%MARK%", MARK)
+
+
+def run_wrk(url: str, script: Path, *, threads: int, connections: int, duration: float,
+            log_path: Path) -> dict:
+    """One wrk run in its own process group, bounded in time; its `done()` JSON."""
+    log_path.write_bytes(b"")
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s",
+            "--latency", "-s", str(script), url]
+    proc = spawn(argv, log_path=log_path)
+    try:
+        proc.wait(timeout=duration + 30)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"wrk did not finish within {duration + 30:.0f} s") from None
+    finally:
+        stop(proc, grace=2)
+    output = log_path.read_text(errors="replace")
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    raise RuntimeError(f"wrk exited with {proc.returncode} and no summary:\n{output[-2000:]}")
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = int(line.split()[1]) / 1024 / 1024
+                break
+    except OSError:
+        pass
+    try:
+        wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True,
+                                     timeout=5).stdout.splitlines()[0].split(" [")[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        wrk_version = "wrk"
+    import django
+    import gunicorn
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem": f"{mem_gib:.1f} GiB" if mem_gib else "unknown",
+        "python": platform.python_version(),
+        "gunicorn": gunicorn.__version__,
+        "django": django.get_version(),
+        "wrk": wrk_version,
+        "os": platform.platform(terse=True),
+    }
+
+
+def check_token_response(base: str, headers: dict[str, str]) -> None:
+    """One real request: 200 and an Agora token in the body, before measuring."""
+    request = urllib.request.Request(f"{base}/api/token", data=json.dumps(TOKEN_BODY).encode(),
+                                     method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, body = response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"POST /api/token answered {exc.code}: "
+                           f"{exc.read()[:500].decode(errors='replace')}") from None
+    if status != 200 or not str(body.get("token", "")).startswith("007"):
+        raise RuntimeError(f"POST /api/token answered {status}: {body}")
+
+
+def count_worker_boots(log_path: Path) -> int:
+    try:
+        return log_path.read_text(errors="replace").count("Booting worker")
+    except OSError:
+        return 0
+
+
+def fmt_table(rows: list[tuple[str, dict]]) -> str:
+    out = ["| endpoint | req/s | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+    for name, r in rows:
+        out.append(f"| `{name}` | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    return "\n".join(out)
+
+
+def median_of(results: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in results)
+            for key in ("rps", "p50_ms", "p99_ms")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measured runs per endpoint, alternated")
+    parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up each")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for gunicorn, e.g. GUNICORN_MAX_REQUESTS=0 "
+                             "(for experiments; the recorded figures use none)")
+    args = parser.parse_args(argv)
+
+    if not shutil.which("wrk"):
+        print("wrk is missing: install it (Debian: apt-get install -y wrk) and rerun.",
+              file=sys.stderr)
+        return 2
+
+    # SIGTERM (and SIGHUP) unwind like Ctrl-C, so the finally below stops everything.
+    def _raise_exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
+
+    os.chdir(ROOT)
+    tmp = Path(tempfile.mkdtemp(prefix="memharbor-bench-"))
+    emulators = fake = server = None
+    gunicorn_log = tmp / "gunicorn.log"
+    try:
+        print("starting Firestore + Storage emulators ...", flush=True)
+        emulators = Emulators(project_id=PROJECT_ID, bucket=f"{PROJECT_ID}.appspot.com",
+                              log_dir=tmp).start()
+        fake = FakeSecureToken(PROJECT_ID).start()
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+        env.update(emulators.env())
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "MEMHARBOR_DEBUG": "0",
+            "AUTH_MODE": "firebase",
+            "FIREBASE_AUTH_CERT_URL": fake.url,
+            "MEMHARBOR_SECRET_KEY": secrets.token_urlsafe(48),
+            "AGORA_APP_ID": secrets.token_hex(16),
+            "AGORA_APP_CERT": secrets.token_hex(16),
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "LOG_DIR": str(tmp / "logs"),
+        })
+        for item in args.server_env:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                parser.error(f"--server-env wants NAME=VALUE, not {item!r}")
+            env[name] = value
+        with mock.patch.dict(os.environ, env, clear=True):
+            conf = runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+        workers, threads = conf["workers"], conf["threads"]
+        max_requests = conf.get("max_requests", 0)
+
+        print(f"starting gunicorn ({workers} workers x {threads} threads) on {base} ...",
+              flush=True)
+        server = spawn([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+                        "config.wsgi:application"], log_path=gunicorn_log, env=env)
+        wait_until(lambda: _http_ok(f"{base}/api/health/live"), timeout=60, what="gunicorn",
+                   proc=server, log_path=gunicorn_log)
+
+        id_token = fake.mint("alice", expires_in=3600)
+        token_headers = {"Content-Type": "application/json",
+                         "Authorization": f"Bearer {id_token}"}
+        check_token_response(base, token_headers)
+
+        endpoints = {
+            "GET /api/health/live": (f"{base}/api/health/live",
+                                     lua_script(method="GET", body=None, headers={})),
+            "POST /api/token": (f"{base}/api/token",
+                                lua_script(method="POST", body=json.dumps(TOKEN_BODY),
+                                           headers=token_headers)),
+        }
+        scripts = {}
+        for i, (name, (_url, text)) in enumerate(endpoints.items()):
+            scripts[name] = tmp / f"endpoint{i}.lua"
+            scripts[name].write_text(text)
+        wrk_log = tmp / "wrk.log"
+
+        def measure(name: str, duration: float) -> dict:
+            result = run_wrk(endpoints[name][0], scripts[name], threads=args.threads,
+                             connections=args.connections, duration=duration,
+                             log_path=wrk_log)
+            errors = {k: result[k] for k in ("non2xx", "connect", "read", "write", "timeout")
+                      if result[k]}
+            result["errors"] = errors
+            return result
+
+        for name in endpoints:
+            warm = measure(name, args.warmup)
+            print(f"warm-up  {name:22s} {warm['rps']:8.0f} req/s", flush=True)
+            if warm["errors"]:
+                raise RuntimeError(f"{name} failed during warm-up: {warm['errors']}")
+
+        results: dict[str, list[dict]] = {name: [] for name in endpoints}
+        for round_no in range(1, args.rounds + 1):
+            for name in endpoints:
+                r = measure(name, args.duration)
+                results[name].append(r)
+                print(f"round {round_no}  {name:22s} {r['rps']:8.0f} req/s  "
+                      f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+                      f"({r['requests']} requests{', errors ' + str(r['errors']) if r['errors'] else ''})",
+                      flush=True)
+
+        failed = {name: [r["errors"] for r in rs if r["errors"]] for name, rs in results.items()}
+        failed = {name: errs for name, errs in failed.items() if errs}
+
+        live = median_of(results["GET /api/health/live"])
+        tok = median_of(results["POST /api/token"])
+        ratio = tok["rps"] / live["rps"]
+        boots = count_worker_boots(gunicorn_log)
+        info = machine()
+        date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        met = "met" if ratio >= TARGET_RATIO else "NOT met"
+        command = (f".venv/bin/python bench/token.py --duration {args.duration:g} "
+                   f"--connections {args.connections} --threads {args.threads} "
+                   f"--rounds {args.rounds}"
+                   + "".join(f" --server-env {item}" for item in args.server_env))
+        table = fmt_table([("GET /api/health/live", live), ("POST /api/token", tok)])
+
+        print()
+        print(table)
+        print(f"\nratio token / live = {ratio:.3f}  (target >= {TARGET_RATIO}: {met})")
+        print(f"gunicorn worker boots during the run: {boots} "
+              f"({workers} at start; max_requests={max_requests} recycles the rest)")
+        print("\n----- Markdown for BENCHMARKS.md -----")
+        print(f"""Run {date}: `{command}`
+
+Machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem']} RAM, {info['os']};
+Python {info['python']}, Django {info['django']}, gunicorn {info['gunicorn']} gthread
+{workers} workers x {threads} threads (config defaults, max_requests={max_requests});
+load: {info['wrk']} `-t{args.threads} -c{args.connections} -d{args.duration:g}s`
+on the same machine. Median of {args.rounds} alternated runs per endpoint.
+
+{table}
+
+Ratio token / live: **{ratio:.2f}** (target >= {TARGET_RATIO}: {met}).""")
+        print("----- end -----")
+
+        if failed:
+            print(f"\nFAILED: non-2xx responses or socket errors: {failed}", file=sys.stderr)
+            return 1
+        return 0
+    except (EmulatorUnavailable, RuntimeError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        stop(server)
+        if fake is not None:
+            fake.stop()
+        if emulators is not None:
+            emulators.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

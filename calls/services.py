@@ -1,0 +1,272 @@
+"""Call actions: invite, answer, cancel, missed, end, status, sweep, and the token rule.
+
+Each action runs its state change in one Firestore transaction (`store`) following the
+table in `states`, then announces what happened (`call_announce`: the pushes that ring or
+stop ringing a phone hang off that one function).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import structlog
+from django.conf import settings
+
+from api.auth import Principal
+from api.errors import ApiError, Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationFailed
+from calls import states, store
+from calls.states import Actor, Invalid, Status
+
+log = structlog.get_logger("calls")
+
+# Ids inside a channel name: Agora's alphabet without "_" (the separator) and space.
+_ID = re.compile(r"^[A-Za-z0-9!#$%&()+\-:;<=.>?@\[\]^{|}~,]{1,128}$")
+_CHANNEL_MAX_BYTES = 64  # Agora's limit
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("5f0c8c4e-2b7e-4c55-9d7e-6d656d686172")
+
+_EVENTS = {  # the status a call reached -> the event announced
+    Status.ACCEPTED: "call_accepted",
+    Status.DECLINED: "call_declined",
+    Status.CANCELLED: "call_cancelled",
+    Status.MISSED: "call_missed",
+    Status.ENDED: "call_ended",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def ring_timeout_seconds() -> int:
+    return settings.CALL_RING_TIMEOUT_SECONDS
+
+
+def call_announce(*, call: dict, event: str) -> dict:
+    """Tell the phones what happened to `call`; returns the push outcome fields.
+
+    Events: incoming_call (ring the receiver), call_cancelled / call_missed /
+    call_declined (stop ringing), call_accepted, call_ended. Pushes arrive with the push
+    issue; until then nothing is sent and the outcome says so.
+    """
+    log.info("call_event", call_id=call["callId"], call_event=event, status=call["status"])
+    return {"pushSent": False, "pushPlatform": None, "pushError": "push_not_configured"}
+
+
+def channel_id_check(value: str, *, field: str) -> str:
+    if not _ID.match(value):
+        raise ValidationFailed(
+            f"{field}: 1 to 128 of letters, digits and !#$%&()+-:;<=.>?@[]^{{|}}~, "
+            "(no '_' or space: it separates the parts of the channel name)",
+            details=[{"field": field, "message": "invalid id"}],
+        )
+    return value
+
+
+def channel_name(*, group_id: str, caller_id: str, receiver_id: str, at: datetime) -> str:
+    """`{groupId}_{callerId}_{receiverId}_{ms}` (the seed's format) when it fits Agora's 64
+    bytes; otherwise each id is cut to the same prefix length so it does (Firebase uids
+    are 28 characters: two of them plus a group id do not fit). The call document keeps
+    the full ids; the channel is looked up, never parsed, to find its call."""
+    ms = str(int(at.timestamp() * 1000))
+    ids = [group_id, caller_id, receiver_id]
+    name = "_".join([*ids, ms])
+    if len(name.encode()) <= _CHANNEL_MAX_BYTES:
+        return name
+    room = (_CHANNEL_MAX_BYTES - len(ms) - 3) // 3
+    return "_".join([*(part[:room] for part in ids), ms])
+
+
+def _call_document(*, call_id: str, channel: str, group_id: str, caller_id: str,
+                   receiver_id: str, caller_name: str, group_name_snapshot: str,
+                   receiver_name_snapshot: str, idempotency_key: str | None,
+                   now: datetime) -> dict:
+    return {
+        "callId": call_id,
+        "channelName": channel,
+        "groupId": group_id,
+        "callerId": caller_id,
+        "receiverId": receiver_id,
+        "callerName": caller_name,
+        "groupNameSnapshot": group_name_snapshot,
+        "receiverNameSnapshot": receiver_name_snapshot,
+        "status": Status.PENDING.value,
+        "createdAt": now,
+        "updatedAt": now,
+        "answeredAt": None,
+        "endedAt": None,
+        "durationSec": 0,
+        "endedBy": None,
+        "endReason": None,
+        "pushSent": False,
+        "pushPlatform": None,
+        "pushError": None,
+        "recordingId": None,
+        "idempotencyKey": idempotency_key,
+        "humanSummary": "",
+        "humanKeywords": [],
+        "humanNotes": "",
+        "aiSummary": "",
+        "reviewCount": 0,
+        "lastReviewAt": None,
+    }
+
+
+def call_invite(*, principal: Principal, group_id: str, caller_id: str, receiver_id: str,
+                caller_name: str | None = None, group_name_snapshot: str = "",
+                receiver_name_snapshot: str = "", idempotency_key: str | None = None,
+                now: datetime | None = None) -> dict:
+    """Create a pending call from `caller_id` to `receiver_id` and ring the receiver."""
+    if principal.uid != caller_id:
+        raise Forbidden("caller_id must be your own user id.", code="not_the_caller")
+    for field, value in (("group_id", group_id), ("caller_id", caller_id),
+                         ("receiver_id", receiver_id)):
+        channel_id_check(value, field=field)
+    if caller_id == receiver_id:
+        raise ValidationFailed("You cannot call yourself.", code="self_call")
+    now = now or utcnow()
+    call_id = (str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{caller_id}\n{idempotency_key}"))
+               if idempotency_key else str(uuid.uuid4()))
+    document = _call_document(
+        call_id=call_id,
+        channel=channel_name(group_id=group_id, caller_id=caller_id, receiver_id=receiver_id,
+                             at=now),
+        group_id=group_id, caller_id=caller_id, receiver_id=receiver_id,
+        caller_name=caller_name or caller_id, group_name_snapshot=group_name_snapshot,
+        receiver_name_snapshot=receiver_name_snapshot, idempotency_key=idempotency_key,
+        now=now)
+    try:
+        result = _contended(store.call_create, document, now=now,
+                            ring_timeout=ring_timeout_seconds())
+    except store.LineBusy as busy:
+        raise Conflict("The caller or the receiver is already in a call.", code="busy",
+                       callId=busy.call_id) from None
+    for stale in result.timed_out:
+        call_announce(call=stale, event="call_missed")
+    call = result.call
+    if not result.created:
+        if (call["receiverId"], call["groupId"]) != (receiver_id, group_id):
+            raise Conflict("This Idempotency-Key was already used for another call.",
+                           code="idempotency_key_reused", callId=call_id)
+        return call  # a retry: the same call, no second ring
+    outcome = call_announce(call=call, event="incoming_call")
+    store.call_update(call_id, outcome)
+    return {**call, **outcome}
+
+
+def _actor(call: dict, uid: str) -> Actor | None:
+    if uid == call["callerId"]:
+        return Actor.CALLER
+    if uid == call["receiverId"]:
+        return Actor.RECEIVER
+    return None
+
+
+_ROLE_WORDS = {"accept": "the receiver", "decline": "the receiver", "cancel": "the caller",
+               "missed": "a participant", "end": "a participant"}
+
+
+def _refusal_or_decision(call: dict, *, uid: str, action: str):
+    actor = _actor(call, uid)
+    if actor is None:
+        return Forbidden("You are not a participant of this call.", code="not_a_participant")
+    if actor not in states.ALLOWED_ACTORS[action]:
+        return Forbidden(f"Only {_ROLE_WORDS[action]} can {action} this call.",
+                         code="wrong_party")
+    decision = states.decide(Status(call["status"]), action, actor)
+    if isinstance(decision, Invalid):
+        return Conflict(f"Cannot {action} a call that is {call['status']}.",
+                        code="invalid_transition", status=call["status"],
+                        callId=call["callId"])
+    return decision
+
+
+def call_transition(*, principal: Principal, call_id: str, action: str,
+                    now: datetime | None = None) -> dict:
+    """Apply `action` (accept, decline, cancel, missed, end) for the caller `principal`.
+
+    A repeat of the transition that already happened returns the call unchanged; any
+    other impossible move raises 409 invalid_transition with the current status.
+    """
+    now = now or utcnow()
+    try:
+        applied = _contended(
+            store.call_apply, call_id,
+            lambda call: _refusal_or_decision(call, uid=principal.uid, action=action),
+            now=now, ring_timeout=ring_timeout_seconds(), by=principal.uid)
+    except store.CallNotFound:
+        raise NotFound(f"No call {call_id}.", code="call_not_found") from None
+    _announce_applied(applied)
+    if isinstance(applied.verdict, ApiError):
+        raise applied.verdict
+    return applied.call
+
+
+def _announce_applied(applied: store.Applied) -> None:
+    if applied.moved:
+        call_announce(call=applied.call, event=_EVENTS[Status(applied.call["status"])])
+    elif applied.timed_out:
+        call_announce(call=applied.call, event="call_missed")
+
+
+def call_status_get(*, principal: Principal, call_id: str, now: datetime | None = None) -> dict:
+    """The call as its participants (or an admin) see it, with an overdue ring timeout
+    persisted first."""
+    call = store.call_read(call_id)
+    if call is None:
+        raise NotFound(f"No call {call_id}.", code="call_not_found")
+    if _actor(call, principal.uid) is None and not principal.admin:
+        raise Forbidden("You are not a participant of this call.", code="not_a_participant")
+    now = now or utcnow()
+    if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
+        applied = _contended(store.call_apply, call_id, None, now=now,
+                             ring_timeout=ring_timeout_seconds(), by=None)
+        _announce_applied(applied)
+        call = applied.call
+    return call
+
+
+def calls_sweep(*, timeout_seconds: int, now: datetime | None = None) -> int:
+    """Move every pending call older than `timeout_seconds` to missed, each in its own
+    transaction (calls that changed meanwhile are skipped); returns how many moved."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=timeout_seconds)
+
+    def settle(call: dict) -> bool:
+        applied = _contended(store.call_apply, call["callId"], None, now=now,
+                             ring_timeout=timeout_seconds, by=None)
+        _announce_applied(applied)
+        return applied.timed_out
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="sweep") as pool:
+        updated = sum(pool.map(settle, store.calls_ringing_since(cutoff)))
+    log.info("calls_swept", timeout_seconds=timeout_seconds, updated=updated)
+    return updated
+
+
+def call_token_check(*, principal: Principal, channel: str, now: datetime | None = None) -> None:
+    """Tokens are for the participants of a ringing or accepted call on `channel`
+    (unless TOKEN_CHANNEL_POLICY=authenticated)."""
+    if settings.TOKEN_CHANNEL_POLICY == "authenticated":
+        return
+    now = now or utcnow()
+    for call in store.calls_on_channel(channel):
+        if _actor(call, principal.uid) is None:
+            continue
+        if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
+            _announce_applied(_contended(store.call_apply, call["callId"], None, now=now,
+                                         ring_timeout=ring_timeout_seconds(), by=None))
+            continue
+        return
+    raise Forbidden("Tokens are issued only to the participants of an active call on this "
+                    "channel.", code="not_in_call")
+
+
+def _contended(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except store.StoreContention:
+        raise ServiceUnavailable("Too many simultaneous changes to this call; retry.",
+                                 code="contention") from None

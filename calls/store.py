@@ -1,0 +1,219 @@
+"""Calls in Firestore. Every state change is one transaction: read, check, write.
+
+Collections (written by the server only):
+- `calls/{callId}`: the call document the apps read (fields as in the seed).
+- `lines/{uid}`: `{callId}` of the last call that user was part of, so "is this user
+  busy?" is a point read inside the invite transaction rather than a query (queries in a
+  transaction cannot lock documents that do not exist yet, so two racing invites could
+  both pass a query-based check).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Iterator
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from calls.states import ACTIVE, FINAL, Move, Status
+from integrations.firebase import firestore_client
+
+CALLS = "calls"
+LINES = "lines"
+_MAX_ATTEMPTS = 25  # transactions retried on contention (racing accept/cancel)
+
+
+class CallNotFound(Exception):
+    pass
+
+
+class LineBusy(Exception):
+    def __init__(self, call_id: str):
+        super().__init__(call_id)
+        self.call_id = call_id
+
+
+class StoreContention(Exception):
+    """A transaction kept losing to concurrent writers; the client may retry."""
+
+
+class ReadCounter:
+    """Documents read from `calls`, by id: what the sweep costs is observable."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.by_id: Counter[str] = Counter()
+
+    def add(self, call_id: str) -> None:
+        with self._lock:
+            self.by_id[call_id] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.by_id.clear()
+
+
+reads = ReadCounter()
+
+
+def _calls():
+    return firestore_client().collection(CALLS)
+
+
+def _snapshot_dict(snap) -> dict:
+    reads.add(snap.id)
+    return snap.to_dict()
+
+
+def ring_expired(call: dict, *, now: datetime, ring_timeout: int) -> bool:
+    """A pending call nobody answered within the ring timeout."""
+    return (call["status"] == Status.PENDING
+            and call["createdAt"] + timedelta(seconds=ring_timeout) <= now)
+
+
+def _changes_for(call: dict, move: Move, *, now: datetime, by: str | None) -> dict:
+    changes = {"status": move.to.value, "updatedAt": now}
+    if move.to == Status.ACCEPTED:
+        changes["answeredAt"] = now
+    if move.to in FINAL:
+        changes.update(endedAt=now, endReason=move.end_reason, endedBy=by)
+        answered = call.get("answeredAt")
+        changes["durationSec"] = max(0, int((now - answered).total_seconds())) if answered else 0
+    return changes
+
+
+_TIMEOUT = Move(Status.MISSED, "timeout")
+
+
+def _run(transactional_fn, *args):
+    try:
+        return transactional_fn(firestore_client().transaction(max_attempts=_MAX_ATTEMPTS), *args)
+    except (gexc.Aborted, gexc.Conflict) as exc:
+        raise StoreContention(str(exc)) from exc
+
+
+def call_read(call_id: str) -> dict | None:
+    snap = _calls().document(call_id).get()
+    return _snapshot_dict(snap) if snap.exists else None
+
+
+@dataclass
+class Created:
+    call: dict
+    created: bool  # False: the call id existed (an idempotent retry)
+    timed_out: list[dict] = field(default_factory=list)  # stale calls closed on the way
+
+
+def call_create(call: dict, *, now: datetime, ring_timeout: int) -> Created:
+    """Create `call` and claim both users' lines, unless either is in an active call.
+
+    An expired pending call holding a line is moved to missed in the same transaction.
+    Raises LineBusy with the other call's id.
+    """
+    ref = _calls().document(call["callId"])
+    line_refs = [firestore_client().collection(LINES).document(uid)
+                 for uid in (call["callerId"], call["receiverId"])]
+
+    @firestore.transactional
+    def create(transaction):
+        existing = ref.get(transaction=transaction)
+        if existing.exists:
+            return Created(_snapshot_dict(existing), created=False)
+        holders = {}
+        for line in (r.get(transaction=transaction) for r in line_refs):
+            held = line.get("callId") if line.exists else None
+            if held and held not in holders:
+                snap = _calls().document(held).get(transaction=transaction)
+                if snap.exists:
+                    holders[held] = _snapshot_dict(snap)
+        timed_out = []
+        for held_id, held in holders.items():
+            if held["status"] not in ACTIVE:
+                continue
+            if not ring_expired(held, now=now, ring_timeout=ring_timeout):
+                raise LineBusy(held_id)
+            changes = _changes_for(held, _TIMEOUT, now=now, by=None)
+            transaction.update(_calls().document(held_id), changes)
+            timed_out.append({**held, **changes})
+        transaction.create(ref, call)
+        for line_ref in line_refs:
+            transaction.set(line_ref, {"callId": call["callId"], "updatedAt": now})
+        return Created(call, created=True, timed_out=timed_out)
+
+    return _run(create)
+
+
+@dataclass
+class Applied:
+    call: dict  # the call after this transaction
+    verdict: object  # what decide() returned; None when only the ring timeout was settled
+    timed_out: bool  # the ring timeout was applied (and persisted) on the way
+
+    @property
+    def moved(self) -> bool:
+        return isinstance(self.verdict, Move)
+
+
+def call_apply(call_id: str, decide: Callable[[dict], object] | None, *, now: datetime,
+               ring_timeout: int, by: str | None) -> Applied:
+    """In one transaction: read the call, persist an overdue ring timeout, then write
+    `decide(call)` when it is a Move. Any other verdict (a refusal) is returned, not
+    raised, so the timeout is persisted even when the asked-for move is refused.
+    `decide=None` only settles the timeout."""
+    ref = _calls().document(call_id)
+
+    @firestore.transactional
+    def apply(transaction):
+        snap = ref.get(transaction=transaction)
+        if not snap.exists:
+            raise CallNotFound(call_id)
+        call = _snapshot_dict(snap)
+        changes = {}
+        timed_out = ring_expired(call, now=now, ring_timeout=ring_timeout)
+        if timed_out:
+            changes = _changes_for(call, _TIMEOUT, now=now, by=None)
+            call = {**call, **changes}
+        verdict = decide(call) if decide else None
+        if isinstance(verdict, Move):
+            more = _changes_for(call, verdict, now=now, by=by)
+            changes.update(more)
+            call = {**call, **more}
+        if changes:
+            transaction.update(ref, changes)
+        return Applied(call, verdict, timed_out)
+
+    return _run(apply)
+
+
+def calls_ringing_since(cutoff: datetime, *, page_size: int = 300) -> Iterator[dict]:
+    """Pending calls created before `cutoff`, oldest first, paged by an indexed query
+    (status == pending, createdAt < cutoff; see firestore.indexes.json)."""
+    query = (_calls().where(filter=firestore.FieldFilter("status", "==", Status.PENDING.value))
+             .where(filter=firestore.FieldFilter("createdAt", "<", cutoff))
+             .order_by("createdAt").limit(page_size))
+    last = None
+    while True:
+        page = list((query.start_after(last) if last else query).stream())
+        for snap in page:
+            yield _snapshot_dict(snap)
+        if len(page) < page_size:
+            return
+        last = page[-1]
+
+
+def calls_on_channel(channel: str, *, limit: int = 5) -> list[dict]:
+    """Active calls whose channel is `channel` (channelName + status index)."""
+    query = (_calls().where(filter=firestore.FieldFilter("channelName", "==", channel))
+             .where(filter=firestore.FieldFilter("status", "in", [s.value for s in ACTIVE]))
+             .limit(limit))
+    return [_snapshot_dict(snap) for snap in query.stream()]
+
+
+def call_update(call_id: str, fields: dict) -> None:
+    """Plain field update outside the state machine (push outcome, recording id)."""
+    _calls().document(call_id).update(fields)
+
