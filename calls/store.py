@@ -2,10 +2,9 @@
 
 Collections (written by the server only):
 - `calls/{callId}`: the call document the apps read (fields as in the seed).
-- `lines/{uid}`: `{callId}` of the last call that user was part of, so "is this user
-  busy?" is a point read inside the invite transaction rather than a query (queries in a
-  transaction cannot lock documents that do not exist yet, so two racing invites could
-  both pass a query-based check).
+- `lines/{uid}`: `{callId, claimedAt}` of the last call that user was part of, so "is
+  this user busy?" is an atomic claim of one document rather than a query (a query cannot
+  lock documents that do not exist yet, so two racing invites could both pass it).
 """
 
 from __future__ import annotations
@@ -92,8 +91,12 @@ _TIMEOUT = Move(Status.MISSED, "timeout")
 def _run(transactional_fn, *args):
     try:
         return transactional_fn(firestore_client().transaction(max_attempts=_MAX_ATTEMPTS), *args)
-    except (gexc.Aborted, gexc.Conflict) as exc:
+    except gexc.Aborted as exc:
         raise StoreContention(str(exc)) from exc
+    except ValueError as exc:  # the client's way of saying "still aborted after N attempts"
+        if isinstance(exc.__cause__, gexc.Aborted):
+            raise StoreContention(str(exc)) from exc
+        raise
 
 
 def call_read(call_id: str) -> dict | None:
@@ -108,43 +111,89 @@ class Created:
     timed_out: list[dict] = field(default_factory=list)  # stale calls closed on the way
 
 
-def call_create(call: dict, *, now: datetime, ring_timeout: int) -> Created:
-    """Create `call` and claim both users' lines, unless either is in an active call.
+_CLAIM_GRACE = timedelta(seconds=30)  # a line claimed for a call still being created
+_CLAIM_ATTEMPTS = 8
 
-    An expired pending call holding a line is moved to missed in the same transaction.
-    Raises LineBusy with the other call's id.
+
+def call_create(call: dict, *, now: datetime, ring_timeout: int) -> Created:
+    """Claim the caller's and the receiver's lines, then create `call`.
+
+    Raises LineBusy with the other call's id when either line holds an active call; an
+    expired pending call holding a line is settled as missed on the way. Lines are
+    claimed with atomic create / precondition writes rather than one transaction over
+    both lines: racing invites for one receiver then never wait on each other's locks.
     """
     ref = _calls().document(call["callId"])
-    line_refs = [firestore_client().collection(LINES).document(uid)
-                 for uid in (call["callerId"], call["receiverId"])]
+    existing = ref.get()
+    if existing.exists:
+        return Created(_snapshot_dict(existing), created=False)
+    claimed, timed_out = [], []
+    try:
+        for uid in (call["callerId"], call["receiverId"]):
+            timed_out += _line_claim(uid, call["callId"], now=now, ring_timeout=ring_timeout)
+            claimed.append(uid)
+    except (LineBusy, StoreContention):
+        for uid in claimed:
+            _line_release(uid, call["callId"])
+        raise
+    try:
+        ref.create(call)
+    except gexc.Conflict:  # the same idempotency key won a race: that call is the answer
+        return Created(_snapshot_dict(ref.get()), created=False, timed_out=timed_out)
+    return Created(call, created=True, timed_out=timed_out)
 
-    @firestore.transactional
-    def create(transaction):
-        existing = ref.get(transaction=transaction)
-        if existing.exists:
-            return Created(_snapshot_dict(existing), created=False)
-        holders = {}
-        for line in (r.get(transaction=transaction) for r in line_refs):
-            held = line.get("callId") if line.exists else None
-            if held and held not in holders:
-                snap = _calls().document(held).get(transaction=transaction)
-                if snap.exists:
-                    holders[held] = _snapshot_dict(snap)
+
+def _lines():
+    return firestore_client().collection(LINES)
+
+
+def _line_claim(uid: str, call_id: str, *, now: datetime, ring_timeout: int) -> list[dict]:
+    """Point `lines/{uid}` at `call_id` unless it holds an active call (LineBusy)."""
+    line_ref = _lines().document(uid)
+    for _ in range(_CLAIM_ATTEMPTS):
+        try:
+            line_ref.create({"callId": call_id, "claimedAt": now})
+            return []
+        except gexc.Conflict:
+            pass
+        line = line_ref.get()
+        if not line.exists:
+            continue  # released meanwhile; try to create it again
+        held = line.get("callId")
+        if held == call_id:
+            return []
         timed_out = []
-        for held_id, held in holders.items():
-            if held["status"] not in ACTIVE:
-                continue
-            if not ring_expired(held, now=now, ring_timeout=ring_timeout):
-                raise LineBusy(held_id)
-            changes = _changes_for(held, _TIMEOUT, now=now, by=None)
-            transaction.update(_calls().document(held_id), changes)
-            timed_out.append({**held, **changes})
-        transaction.create(ref, call)
-        for line_ref in line_refs:
-            transaction.set(line_ref, {"callId": call["callId"], "updatedAt": now})
-        return Created(call, created=True, timed_out=timed_out)
+        held_call = call_read(held)
+        if held_call is None:
+            if line.get("claimedAt") + _CLAIM_GRACE > now:
+                raise LineBusy(held)  # that invite is creating its call right now
+        elif held_call["status"] in ACTIVE:
+            if not ring_expired(held_call, now=now, ring_timeout=ring_timeout):
+                raise LineBusy(held)
+            applied = call_apply(held, None, now=now, ring_timeout=ring_timeout, by=None)
+            if applied.call["status"] in ACTIVE:
+                raise LineBusy(held)
+            if applied.timed_out:
+                timed_out.append(applied.call)
+        try:  # take the line over only if nobody else did since we read it
+            line_ref.update({"callId": call_id, "claimedAt": now},
+                            option=firestore_client().write_option(
+                                last_update_time=line.update_time))
+            return timed_out
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            continue
+    raise StoreContention(f"could not claim the line of {uid}")
 
-    return _run(create)
+
+def _line_release(uid: str, call_id: str) -> None:
+    """Give back a line this invite claimed but will not use."""
+    line = _lines().document(uid).get()
+    if line.exists and line.get("callId") == call_id:
+        try:
+            line.reference.delete(
+                option=firestore_client().write_option(last_update_time=line.update_time))
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            pass
 
 
 @dataclass

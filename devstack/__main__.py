@@ -65,6 +65,7 @@ def main() -> int:
         log_dir=log_dir,
         firestore_port=int(os.environ["FIRESTORE_PORT"]),
         storage_port=int(os.environ["STORAGE_PORT"]),
+        rules=ROOT / "firestore.rules",
     )
     gunicorn = None
     try:

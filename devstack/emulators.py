@@ -139,6 +139,7 @@ class Emulators:
     log_dir: Path
     firestore_port: int = 0
     storage_port: int = 0
+    rules: Path | None = None  # firestore.rules, enforced for requests with a user's token
     procs: list = field(default_factory=list)
 
     def start(self) -> "Emulators":
@@ -150,9 +151,11 @@ class Emulators:
         jar, gcs = firestore_jar(), fake_gcs_binary()
         try:
             fs_log = self.log_dir / "firestore-emulator.log"
+            rules = [f"--rules={self.rules}"] if self.rules else []
             fs = spawn(["java", "-Xss1m", "-cp", jar,
                         "com.google.cloud.datastore.emulator.firestore.CloudFirestore", "start",
-                        "--host=127.0.0.1", f"--port={self.firestore_port}"], log_path=fs_log)
+                        "--host=127.0.0.1", f"--port={self.firestore_port}", *rules],
+                       log_path=fs_log)
             self.procs.append(fs)
             gcs_log = self.log_dir / "fake-gcs-server.log"
             url = f"http://127.0.0.1:{self.storage_port}"

@@ -19,7 +19,8 @@ from tests.fakes.firebase_auth import FakeSecureToken
 def emulators(tmp_path_factory):
     stack = Emulators(project_id=settings.FIREBASE_PROJECT_ID,
                       bucket=settings.FIREBASE_STORAGE_BUCKET,
-                      log_dir=tmp_path_factory.mktemp("emulator-logs")).start()
+                      log_dir=tmp_path_factory.mktemp("emulator-logs"),
+                      rules=Path(settings.BASE_DIR) / "firestore.rules").start()
     for name, value in stack.env().items():
         os.environ[name] = value
     settings.FIRESTORE_EMULATOR_HOST = stack.firestore_host
