@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import structlog
@@ -24,6 +21,7 @@ from django.http import HttpRequest
 from firebase_admin import auth as firebase_auth
 from ninja.security import APIKeyHeader, HttpBearer
 
+from api.cache import ExpiringCache
 from api.errors import Forbidden, ServiceUnavailable, Unauthenticated
 from integrations import firebase
 
@@ -42,46 +40,10 @@ class Principal:
     claims: dict = field(default_factory=dict, compare=False, repr=False)
 
 
-class _VerifiedTokenCache:
-    """Verified claims by token digest, kept until shortly before the token expires.
-
-    An app reuses one ID token for up to an hour; verifying its RS256 signature once
-    instead of on every request keeps `/api/token` close to a trivial endpoint's speed.
-    """
-
-    def __init__(self, max_entries: int = 4096):
-        self._entries: OrderedDict[bytes, tuple[float, dict]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._max = max_entries
-
-    def get(self, token: str) -> dict | None:
-        key = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is None:
-                return None
-            if hit[0] <= time.time():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return hit[1]
-
-    def put(self, token: str, claims: dict) -> None:
-        key = hashlib.sha256(token.encode()).digest()
-        # Keep a margin so a cached token never outlives its own expiry.
-        expires = float(claims.get("exp", 0)) - 5
-        with self._lock:
-            self._entries[key] = (expires, claims)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-verified_tokens = _VerifiedTokenCache()
+# Verified claims by token digest, until shortly before the token expires. An app reuses
+# one ID token for up to an hour; verifying its RS256 signature once instead of on every
+# request keeps authenticated endpoints close to a trivial endpoint's speed.
+verified_tokens = ExpiringCache()
 
 
 def dev_auth_enabled() -> bool:
@@ -103,7 +65,8 @@ def _principal_from_dev_token(token: str) -> Principal:
 
 
 def _principal_from_id_token(token: str) -> Principal:
-    claims = verified_tokens.get(token)
+    digest = hashlib.sha256(token.encode()).digest()
+    claims = verified_tokens.get(digest)
     if claims is None:
         try:
             claims = firebase.verify_id_token(token)
@@ -117,7 +80,8 @@ def _principal_from_id_token(token: str) -> Principal:
         except (firebase_auth.InvalidIdTokenError, ValueError) as exc:
             raise Unauthenticated(f"The ID token is not valid: {exc}",
                                   code="invalid_token") from None
-        verified_tokens.put(token, claims)
+        # A margin so a cached token never outlives its own expiry.
+        verified_tokens.put(digest, claims, expires_at=float(claims.get("exp", 0)) - 5)
     return Principal(uid=claims["uid"], admin=claims.get("admin") is True, claims=claims)
 
 

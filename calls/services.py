@@ -8,6 +8,7 @@ stop ringing a phone hang off that one function).
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -16,6 +17,7 @@ import structlog
 from django.conf import settings
 
 from api.auth import Principal
+from api.cache import ExpiringCache
 from api.errors import ApiError, Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationFailed
 from calls import states, store
 from calls.states import Actor, Invalid, Status
@@ -246,10 +248,19 @@ def calls_sweep(*, timeout_seconds: int, now: datetime | None = None) -> int:
     return updated
 
 
+# (uid, channel) pairs recently found in an active call: a burst of token requests for
+# one call (both apps joining, retries on bad networks, renewals) queries Firestore once.
+_token_members = ExpiringCache(max_entries=20000)
+
+
 def call_token_check(*, principal: Principal, channel: str, now: datetime | None = None) -> None:
     """Tokens are for the participants of a ringing or accepted call on `channel`
-    (unless TOKEN_CHANNEL_POLICY=authenticated)."""
+    (unless TOKEN_CHANNEL_POLICY=authenticated). A positive answer is remembered for
+    CALL_TOKEN_CACHE_SECONDS (0: never)."""
     if settings.TOKEN_CHANNEL_POLICY == "authenticated":
+        return
+    key = (principal.uid, channel)
+    if _token_members.get(key):
         return
     now = now or utcnow()
     for call in store.calls_on_channel(channel):
@@ -259,6 +270,9 @@ def call_token_check(*, principal: Principal, channel: str, now: datetime | None
             _announce_applied(_contended(store.call_apply, call["callId"], None, now=now,
                                          ring_timeout=ring_timeout_seconds(), by=None))
             continue
+        if settings.CALL_TOKEN_CACHE_SECONDS > 0:
+            _token_members.put(key, True,
+                               expires_at=time.time() + settings.CALL_TOKEN_CACHE_SECONDS)
         return
     raise Forbidden("Tokens are issued only to the participants of an active call on this "
                     "channel.", code="not_in_call")

@@ -75,6 +75,10 @@ CALL_RING_TIMEOUT_SECONDS = env.int("CALL_RING_TIMEOUT_SECONDS", default=60)
 # "call" (default): tokens only for participants of an active call on the channel;
 # "authenticated": any signed-in user (for testing clients without the call flow).
 TOKEN_CHANNEL_POLICY = env.str("TOKEN_CHANNEL_POLICY", default="call")
+# How long a user found in an active call on a channel may get more tokens for it without
+# another Firestore query (0 disables). After a call ends, its former participants can
+# still get a token for its channel for at most this long.
+CALL_TOKEN_CACHE_SECONDS = env.int("CALL_TOKEN_CACHE_SECONDS", default=10)
 
 # Recorder service (the recorder issue fills this in)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")

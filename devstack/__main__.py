@@ -15,7 +15,7 @@ from pathlib import Path
 
 import environ
 
-from devstack.emulators import EmulatorUnavailable, Emulators, spawn, stop, wait_until, _http_ok
+from devstack.emulators import Emulators, EmulatorUnavailable, _http_ok, spawn, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

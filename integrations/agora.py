@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 from agoraiotools.AccessToken import (
     AccessToken as AccessToken006,
+)
+from agoraiotools.AccessToken import (
     kJoinChannel,
     kPublishAudioStream,
     kPublishDataStream,
     kPublishVideoStream,
 )
-from agoraiotools.AccessToken2 import AccessToken as AccessToken2, ServiceRtc
+from agoraiotools.AccessToken2 import AccessToken as AccessToken2
+from agoraiotools.AccessToken2 import ServiceRtc
 
 ROLES = ("publisher", "subscriber")
 VERSIONS = ("007", "006")

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.test import Client
 
 from api.auth import verified_tokens
+from calls.services import _token_members
 from devstack.emulators import Emulators
 from tests.fakes.firebase_auth import FakeSecureToken
 
@@ -43,6 +44,7 @@ def fresh_state(emulators, securetoken):
     """Every test starts with empty Firestore and Storage and no cached token checks."""
     emulators.wipe()
     verified_tokens.clear()
+    _token_members.clear()
     securetoken.available = True
     yield
 

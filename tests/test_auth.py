@@ -82,9 +82,10 @@ def test_certificates_are_fetched_once_not_per_request(client, securetoken):
 
 
 def test_unreachable_certificates_are_503_not_401(client, securetoken):
+    from firebase_admin import auth
+
     from api.auth import verified_tokens
     from integrations.firebase import firebase_app
-    from firebase_admin import auth
 
     securetoken.available = False
     # Forget the certificates firebase-admin cached (by HTTP caching rules) so it must refetch.

@@ -317,7 +317,8 @@ def test_a_call_inside_the_timeout_still_rings(as_user):
 # --- tokens belong to the call's participants -------------------------------------
 
 
-def test_only_participants_of_an_active_call_get_a_token(as_user):
+def test_only_participants_of_an_active_call_get_a_token(as_user, settings):
+    settings.CALL_TOKEN_CACHE_SECONDS = 0
     call = invite(as_user)
     ask = {"channel": call["channelName"], "uid": 1}
     assert as_user("alice").post("/api/token", ask).status_code == 200
@@ -327,6 +328,16 @@ def test_only_participants_of_an_active_call_get_a_token(as_user):
              403, "not_in_call")
     as_user("alice").post("/api/call/end", {"call_id": call["callId"]})
     error_of(as_user("alice").post("/api/token", ask), 403, "not_in_call")
+
+
+def test_repeated_token_requests_for_one_call_query_firestore_once(as_user):
+    call = invite(as_user)
+    ask = {"channel": call["channelName"], "uid": 1}
+    store.reads.reset()
+    for _ in range(5):
+        assert as_user("alice").post("/api/token", ask).status_code == 200
+    assert store.reads.by_id[call["callId"]] == 1
+    error_of(as_user("mallory").post("/api/token", ask), 403, "not_in_call")
 
 
 def test_no_token_for_a_call_that_rang_out(as_user):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from django.test import override_settings
 
 from tests.conftest import api_log_lines, post_json

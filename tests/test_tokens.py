@@ -9,7 +9,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from agoraiotools.AccessToken2 import AccessToken as AccessToken2, ServiceRtc
+from agoraiotools.AccessToken2 import AccessToken as AccessToken2
+from agoraiotools.AccessToken2 import ServiceRtc
 from django.conf import settings
 
 from integrations.agora import rtc_token_build
