@@ -21,6 +21,7 @@ from api.cache import ExpiringCache
 from api.errors import ApiError, Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationFailed
 from calls import states, store
 from calls.states import Actor, Invalid, Status
+from push import services as push_services
 
 log = structlog.get_logger("calls")
 
@@ -47,14 +48,21 @@ def ring_timeout_seconds() -> int:
 
 
 def call_announce(*, call: dict, event: str) -> dict:
-    """Tell the phones what happened to `call`; returns the push outcome fields.
+    """Tell the phones what happened to `call`: the one place where a call event becomes
+    a push. Returns the push outcome fields (`pushSent`, `pushPlatform`, `pushError`).
 
-    Events: incoming_call (ring the receiver), call_cancelled / call_missed /
-    call_declined (stop ringing), call_accepted, call_ended. Pushes arrive with the push
-    issue; until then nothing is sent and the outcome says so.
+    Events: incoming_call (ring the receiver), call_cancelled / call_declined /
+    call_missed (stop the receiver's phone ringing), call_ended (tell the other party),
+    call_accepted (nobody: both apps are in the call). Only the transaction that made the
+    change announces it, so a retried or raced transition never pushes twice.
     """
     log.info("call_event", call_id=call["callId"], call_event=event, status=call["status"])
-    return {"pushSent": False, "pushPlatform": None, "pushError": "push_not_configured"}
+    ttl = ring_timeout_seconds()
+    if event == "incoming_call":  # ring only for what is left of the ring timeout
+        left = call["createdAt"] + timedelta(seconds=ttl) - utcnow()
+        ttl = max(1, int(left.total_seconds()))
+    outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl)
+    return outcome.call_fields() if outcome else {}
 
 
 def channel_id_check(value: str, *, field: str) -> str:

@@ -80,6 +80,22 @@ TOKEN_CHANNEL_POLICY = env.str("TOKEN_CHANNEL_POLICY", default="call")
 # still get a token for its channel for at most this long.
 CALL_TOKEN_CACHE_SECONDS = env.int("CALL_TOKEN_CACHE_SECONDS", default=10)
 
+# Push: iOS VoIP over APNs, Android over FCM HTTP v1 (names as in the seed)
+APNS_TEAM_ID = env.str("APNS_TEAM_ID", default="")
+APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
+APNS_BUNDLE_ID = env.str("APNS_BUNDLE_ID", default="")
+APNS_USE_SANDBOX = env.bool("APNS_USE_SANDBOX", default=False)
+APNS_KEY_PATH = env.str("APNS_KEY_PATH", default="")
+APNS_KEY_CONTENT = env.str("APNS_KEY_CONTENT", default="")  # "\n" for line breaks
+APNS_BASE_URL = env.str("APNS_BASE_URL", default="")  # empty: Apple's, by APNS_USE_SANDBOX
+APNS_CA_FILE = env.str("APNS_CA_FILE", default="")  # empty: the system's CAs
+FCM_PROJECT_ID = env.str("FCM_PROJECT_ID", default="")
+FCM_SERVICE_ACCOUNT_PATH = env.str("FCM_SERVICE_ACCOUNT_PATH", default="")
+FCM_SERVICE_ACCOUNT_JSON = env.str("FCM_SERVICE_ACCOUNT_JSON", default="")
+FCM_BASE_URL = env.str("FCM_BASE_URL", default="")  # empty: Google's
+# A push never holds an invite longer than about this (plus one quick retry on 429/5xx).
+PUSH_TIMEOUT_SECONDS = env.float("PUSH_TIMEOUT_SECONDS", default=3.0)
+
 # Recorder service (the recorder issue fills this in)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")
 
@@ -132,6 +148,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "ninja",
     "calls",
+    "push",
 ]
 
 MIDDLEWARE = [

@@ -7,12 +7,17 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.test import Client
 
 from api.auth import verified_tokens
 from calls.services import _token_members
 from devstack.emulators import Emulators
+from push import services as push_services
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.fcm import FakeFCM
 from tests.fakes.firebase_auth import FakeSecureToken
 
 
@@ -39,13 +44,54 @@ def securetoken():
     fake.stop()
 
 
+APNS_TEAM, APNS_KEY_ID, APNS_BUNDLE = "TEAM123456", "KEY1234567", "org.memharbor.app"
+
+
+def _use_settings(**values) -> None:
+    """Set for the whole session: Django settings and (for child servers) the environment."""
+    for name, value in values.items():
+        setattr(settings, name, value)
+        os.environ[name] = str(value)
+
+
+@pytest.fixture(scope="session")
+def apns():
+    """Fake APNs (HTTP/2 + TLS, throwaway CA), with the server configured to use it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    fake = FakeAPNs(team_id=APNS_TEAM, key_id=APNS_KEY_ID, bundle_id=APNS_BUNDLE,
+                    public_key_pem=key.public_key().public_bytes(
+                        serialization.Encoding.PEM,
+                        serialization.PublicFormat.SubjectPublicKeyInfo)).start()
+    _use_settings(APNS_TEAM_ID=APNS_TEAM, APNS_KEY_ID=APNS_KEY_ID, APNS_BUNDLE_ID=APNS_BUNDLE,
+                  APNS_KEY_CONTENT=pem.replace("\n", "\\n"), APNS_BASE_URL=fake.base_url,
+                  APNS_CA_FILE=fake.ca_file)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fcm():
+    """Fake FCM v1 and its OAuth token endpoint, with the server configured to use them."""
+    fake = FakeFCM(project_id=settings.FIREBASE_PROJECT_ID).start()
+    _use_settings(FCM_SERVICE_ACCOUNT_JSON=json.dumps(fake.service_account_info()),
+                  FCM_BASE_URL=fake.base_url, FCM_PROJECT_ID=settings.FIREBASE_PROJECT_ID)
+    yield fake
+    fake.stop()
+
+
 @pytest.fixture(autouse=True)
-def fresh_state(emulators, securetoken):
-    """Every test starts with empty Firestore and Storage and no cached token checks."""
+def fresh_state(emulators, securetoken, apns, fcm):
+    """Every test starts with empty Firestore and Storage, quiet fakes and no caches."""
     emulators.wipe()
     verified_tokens.clear()
     _token_members.clear()
     securetoken.available = True
+    apns.reset()
+    fcm.reset()
+    push_services.apns_client.cache_clear()
+    push_services.fcm_client.cache_clear()
     yield
 
 
