@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test deps bench-token clean
+.PHONY: run test deps bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ test: $(STAMP)
 	scripts/system-deps.sh test
 	$(PY) -m pytest
 
-bench-token: $(STAMP)
-	$(PY) bench/token.py
+bench: $(STAMP)
+	scripts/system-deps.sh bench
+	$(PY) -m bench.token
+	$(PY) -m bench.calls
+	$(PY) -m bench.push
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,6 +10,7 @@ import contextlib
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,12 @@ class Stack:
     emulators: Emulators
     env: dict
     ops_key: str
+    gunicorn: subprocess.Popen
+    workdir: Path
+
+    @property
+    def gunicorn_log(self) -> Path:
+        return self.workdir / "gunicorn.log"
 
 
 @contextlib.contextmanager
@@ -60,24 +67,33 @@ def bench_stack(**env_overrides):
         wait_until(lambda: _http_ok(f"{base}/api/health/live"), timeout=60, what="gunicorn",
                    proc=gunicorn, log_path=workdir / "gunicorn.log")
         yield Stack(base=base, securetoken=securetoken, emulators=emulators, env=env,
-                    ops_key=ops_key)
+                    ops_key=ops_key, gunicorn=gunicorn, workdir=workdir)
     finally:
         stop(gunicorn)
         securetoken.stop()
         emulators.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def machine_info() -> dict:
+    """What this machine and software stack are, for BENCHMARKS.md."""
+    import django
+    import gunicorn
+
+    cpu, mem_gib = "unknown CPU", 0.0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_gib = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem": f"{mem_gib:.1f} GiB",
+            "python": platform.python_version(), "django": django.get_version(),
+            "gunicorn": gunicorn.__version__, "os": platform.platform(terse=True)}
 
 
 def machine() -> str:
     """One line describing this machine, for BENCHMARKS.md."""
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kb = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return (f"{cores} cores ({model}), {mem_kb / 1024 / 1024:.0f} GiB, "
-            f"Python {platform.python_version()}")
+    info = machine_info()
+    return f"{info['nproc']} cores ({info['cpu']}), {info['mem']}, Python {info['python']}"

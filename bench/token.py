@@ -1,6 +1,6 @@
 """Benchmark: `POST /api/token` against `GET /api/health/live` on one gunicorn, one run.
 
-    .venv/bin/python bench/token.py [--duration 5] [--rounds 4] [--connections 16]
+    .venv/bin/python -m bench.token [--duration 5] [--rounds 4] [--connections 16]
         [--threads 2] [--server-env NAME=VALUE ...]
 
 Starts a production-like stack on free loopback ports (Firestore + Storage emulators, a
@@ -25,46 +25,26 @@ Everything it starts is stopped on exit, Ctrl-C or error (process groups, die-wi
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import runpy
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
+from unittest import mock
 
-# This file is named like the stdlib module `token` (which `inspect`, `tokenize` and thus
-# most libraries import): run as a script, its folder would come first on sys.path and
-# shadow it. Put the repository root there instead, before importing anything else.
-ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)
-elif str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.stack import ROOT, bench_stack, machine_info
+from devstack.emulators import EmulatorUnavailable, spawn, stop
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import runpy  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from unittest import mock  # noqa: E402
-
-from devstack.emulators import (  # noqa: E402
-    EmulatorUnavailable,
-    Emulators,
-    _http_ok,
-    free_port,
-    spawn,
-    stop,
-    wait_until,
-)
-from tests.fakes.firebase_auth import FakeSecureToken  # noqa: E402
-
-PROJECT_ID = "demo-memharbor-bench"
 UID = 12345  # the Agora uid asked for; the channel comes from a real accepted call
 TARGET_RATIO = 0.85
 POLICY_NOTE = {
@@ -122,39 +102,12 @@ def run_wrk(url: str, script: Path, *, threads: int, connections: int, duration:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = int(line.split()[1]) / 1024 / 1024
-                break
-    except OSError:
-        pass
     try:
         wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True,
                                      timeout=5).stdout.splitlines()[0].split(" [")[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         wrk_version = "wrk"
-    import django
-    import gunicorn
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "mem": f"{mem_gib:.1f} GiB" if mem_gib else "unknown",
-        "python": platform.python_version(),
-        "gunicorn": gunicorn.__version__,
-        "django": django.get_version(),
-        "wrk": wrk_version,
-        "os": platform.platform(terse=True),
-    }
+    return {**machine_info(), "wrk": wrk_version}
 
 
 def api_post(base: str, path: str, body: dict, id_token: str) -> tuple[int, dict]:
@@ -291,46 +244,20 @@ def main(argv: list[str] | None = None) -> int:
 
     os.chdir(ROOT)
     tmp = Path(tempfile.mkdtemp(prefix="memharbor-bench-"))
-    emulators = fake = server = None
-    gunicorn_log = tmp / "gunicorn.log"
+    exits = contextlib.ExitStack()
     try:
-        print("starting Firestore + Storage emulators ...", flush=True)
-        rules = ROOT / "firestore.rules"
-        emulators = Emulators(project_id=PROJECT_ID, bucket=f"{PROJECT_ID}.appspot.com",
-                              log_dir=tmp, rules=rules if rules.is_file() else None).start()
-        fake = FakeSecureToken(PROJECT_ID).start()
-
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
-        env.update(emulators.env())
-        env.update({
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "MEMHARBOR_DEBUG": "0",
-            "AUTH_MODE": "firebase",
-            "FIREBASE_AUTH_CERT_URL": fake.url,
-            "MEMHARBOR_SECRET_KEY": secrets.token_urlsafe(48),
-            "AGORA_APP_ID": secrets.token_hex(16),
-            "AGORA_APP_CERT": secrets.token_hex(16),
-            "GUNICORN_BIND": f"127.0.0.1:{port}",
-            "LOG_DIR": str(tmp / "logs"),
-            # Recycling after max_requests is for slow leaks over days; at benchmark load it
-            # would restart each worker every few seconds and measure the restarts (see
-            # BENCHMARKS.md). --server-env GUNICORN_MAX_REQUESTS=10000 puts it back.
-            "GUNICORN_MAX_REQUESTS": "0",
-        })
-        env.update(server_env)
+        print("starting emulators, fake securetoken and gunicorn ...", flush=True)
+        # Recycling after max_requests is for slow leaks over days; at benchmark load it
+        # would restart each worker every few seconds and measure the restarts (see
+        # BENCHMARKS.md). --server-env GUNICORN_MAX_REQUESTS=10000 puts it back.
+        stack = exits.enter_context(bench_stack(**{"GUNICORN_MAX_REQUESTS": "0",
+                                                   **server_env}))
+        base, fake, emulators, env = stack.base, stack.securetoken, stack.emulators, stack.env
+        server, gunicorn_log = stack.gunicorn, stack.gunicorn_log
         with mock.patch.dict(os.environ, env, clear=True):
             conf = runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
         workers, threads = conf["workers"], conf["threads"]
         max_requests = conf.get("max_requests", 0)
-
-        print(f"starting gunicorn ({workers} workers x {threads} threads) on {base} ...",
-              flush=True)
-        server = spawn([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                        "config.wsgi:application"], log_path=gunicorn_log, env=env)
-        wait_until(lambda: _http_ok(f"{base}/api/health/live"), timeout=60, what="gunicorn",
-                   proc=server, log_path=gunicorn_log)
 
         id_token = fake.mint("alice", expires_in=3600)
         channel = accepted_call(base, caller_token=id_token,
@@ -397,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = env.get("TOKEN_CHANNEL_POLICY", "call")
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         met = "met" if ratio >= TARGET_RATIO else "NOT met"
-        command = (f".venv/bin/python bench/token.py --duration {args.duration:g} "
+        command = (f".venv/bin/python -m bench.token --duration {args.duration:g} "
                    f"--connections {args.connections} --threads {args.threads} "
                    f"--rounds {args.rounds}"
                    + "".join(f" --server-env {item}" for item in args.server_env))
@@ -440,11 +367,7 @@ worker boots during the run: {boots} ({workers} at start).""")
         print("\ninterrupted; stopping everything", file=sys.stderr)
         return 130
     finally:
-        stop(server)
-        if fake is not None:
-            fake.stop()
-        if emulators is not None:
-            emulators.stop()
+        exits.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

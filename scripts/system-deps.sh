@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Memharbor needs when they are missing (root or sudo).
-# Usage: scripts/system-deps.sh run|test
+# Usage: scripts/system-deps.sh run|test|bench
 set -euo pipefail
 
 need=()
@@ -9,6 +9,9 @@ have ffmpeg || need+=(ffmpeg)
 have java || need+=(default-jre-headless)
 if [ "${1:-run}" = test ]; then
   have nginx || need+=(nginx-light)
+fi
+if [ "${1:-run}" = bench ]; then
+  have wrk || need+=(wrk)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
