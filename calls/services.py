@@ -245,8 +245,12 @@ def calls_sweep(*, timeout_seconds: int, now: datetime | None = None) -> int:
     cutoff = now - timedelta(seconds=timeout_seconds)
 
     def settle(call: dict) -> bool:
-        applied = _contended(store.call_apply, call["callId"], None, now=now,
-                             ring_timeout=timeout_seconds, by=None)
+        try:
+            applied = store.call_apply(call["callId"], None, now=now,
+                                       ring_timeout=timeout_seconds, by=None)
+        except store.StoreContention:  # busy right now: the next sweep will see it again
+            log.warning("sweep_skipped_contended_call", call_id=call["callId"])
+            return False
         _announce_applied(applied)
         return applied.timed_out
 
