@@ -12,14 +12,11 @@ RUN python -m venv /opt/venv
 COPY requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 
-# ---- recorder web assets (enable with the recorder issue) ------------------------------
-# TODO(recorder issue): once recorder/package.json and package-lock.json exist, uncomment
-# this stage and the COPY --from=recorder-assets line below. `npm ci --prefix recorder`
-# installs agora-rtc-sdk-ng and places its browser bundle under recorder/static/vendor.
-# FROM node:22-bookworm-slim AS recorder-assets
-# WORKDIR /src
-# COPY recorder/ recorder/
-# RUN npm ci --prefix recorder --omit=dev --no-audit --no-fund
+# ---- recorder web assets: the Agora Web SDK bundle the recorder's page loads -------------
+FROM node:22-bookworm-slim AS recorder-assets
+WORKDIR /src
+COPY recorder/package.json recorder/package-lock.json recorder/
+RUN npm ci --prefix recorder --omit=dev --no-audit --no-fund
 
 # ---- runtime ---------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm
@@ -50,7 +47,8 @@ WORKDIR /app
 # Application code stays owned by root (read-only for the service user); only the
 # log and recording directories are writable.
 COPY . /app
-# COPY --from=recorder-assets /src/recorder/static/vendor /app/recorder/static/vendor
+COPY --from=recorder-assets /src/recorder/node_modules/agora-rtc-sdk-ng/AgoraRTC_N-production.js \
+     /app/recorder/static/vendor/AgoraRTC_N-production.js
 RUN mkdir -p /app/logs /app/recordings \
  && chown memharbor:memharbor /app/logs /app/recordings
 

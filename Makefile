@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The recorder's page loads the Agora Web SDK from this npm package (served locally).
+RECORDER_ASSETS := recorder/node_modules/.package-lock.json
 
 .PHONY: run test deps bench clean
 
@@ -11,14 +13,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
+$(RECORDER_ASSETS): recorder/package.json recorder/package-lock.json
+	npm ci --prefix recorder --no-audit --no-fund --loglevel=error
+	touch $@
+
 deps: $(STAMP)
 
 run: $(STAMP)
 	scripts/system-deps.sh run
+	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
 	$(PY) -m devstack
 
 test: $(STAMP)
 	scripts/system-deps.sh test
+	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -96,6 +96,12 @@ FCM_BASE_URL = env.str("FCM_BASE_URL", default="")  # empty: Google's
 # A push never holds an invite longer than about this (plus one quick retry on 429/5xx).
 PUSH_TIMEOUT_SECONDS = env.float("PUSH_TIMEOUT_SECONDS", default=3.0)
 
+# Storage (recordings)
+STORAGE_UPLOAD_TIMEOUT_SECONDS = env.float("STORAGE_UPLOAD_TIMEOUT_SECONDS", default=300)
+STORAGE_REQUEST_TIMEOUT_SECONDS = env.float("STORAGE_REQUEST_TIMEOUT_SECONDS", default=30)
+STORAGE_UPLOAD_CHUNK_BYTES = env.int("STORAGE_UPLOAD_CHUNK_BYTES", default=8 * 1024 * 1024)
+STORAGE_URL_TTL_SECONDS = env.int("STORAGE_URL_TTL_SECONDS", default=7 * 24 * 3600)
+
 # Recorder service (the recorder issue fills this in)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")
 

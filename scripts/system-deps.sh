@@ -7,6 +7,11 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have ffmpeg || need+=(ffmpeg)
 have java || need+=(default-jre-headless)
+have chromium || need+=(chromium)
+have npm || need+=(npm)
+if [ "${1:-run}" = test ]; then
+  have espeak-ng || need+=(espeak-ng)
+fi
 if [ "${1:-run}" = test ]; then
   have nginx || need+=(nginx-light)
 fi

@@ -1,0 +1,76 @@
+"""Recorder settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Exactly the flags the prototype measured (DESIGN.md); without the autoplay flag an
+# AudioContext made at page load stays `suspended`.
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+)
+
+
+class ConfigError(RuntimeError):
+    """The recorder cannot start with these settings; the message says which one."""
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, not {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    secret: str | None
+    recordings_dir: Path
+    chromium_path: str
+    max_idle_seconds: float
+    max_seconds: float
+    join_timeout_seconds: float
+    agora_app_id: str
+    fixtures_dir: Path | None = None
+    sessions_per_context: int = 5
+    audio_bits_per_second: int = 32000
+    timeslice_ms: int = 1000
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        secret = os.environ.get("RECORDER_SECRET", "").strip() or None
+        if secret is None and os.environ.get("RECORDER_ALLOW_NO_SECRET") != "1":
+            raise ConfigError("RECORDER_SECRET is not set (set RECORDER_ALLOW_NO_SECRET=1 "
+                              "to run without one for local development)")
+        return cls(
+            host=os.environ.get("RECORDER_HOST", "127.0.0.1"),
+            port=int(_number("RECORDER_PORT", 3100)),
+            secret=secret,
+            recordings_dir=Path(os.environ.get("RECORDINGS_DIR", "./recordings")).resolve(),
+            chromium_path=(os.environ.get("CHROMIUM_PATH")
+                           or os.environ.get("PUPPETEER_EXECUTABLE_PATH")
+                           or "/usr/bin/chromium"),
+            max_idle_seconds=_number("RECORDER_MAX_IDLE_SECONDS", 30),
+            max_seconds=_number("RECORDER_MAX_SECONDS", 14400),
+            join_timeout_seconds=_number("RECORDER_JOIN_TIMEOUT_SECONDS", 15),
+            agora_app_id=os.environ.get("AGORA_APP_ID", "").strip(),
+            fixtures_dir=(Path(os.environ["RECORDER_FIXTURES_DIR"]).resolve()
+                          if os.environ.get("RECORDER_FIXTURES_DIR") else None),
+            sessions_per_context=int(_number("RECORDER_SESSIONS_PER_CONTEXT", 5)),
+        )

@@ -1,0 +1,413 @@
+"""Recording sessions: start, stop, auto-stop, token renewal and crash recovery.
+
+Two hooks connect the recorder to the rest of Memharbor (set them on the service object):
+
+- `on_stopped(session, *, recovered=False)` is called once per finished recording, with the
+  `Session` whose `path` is the complete WebM and whose `result` is the stop answer.
+  `recovered=True` means a previous recorder process crashed during this recording and this
+  one marked it stopped at start-up. The media pipeline (remux, WAV, upload, Firestore)
+  belongs here. It runs after the stop answer is sent (sync hooks in a worker thread);
+  the default does nothing.
+- `token_provider(channel, uid) -> str` (sync or async) gives a fresh Agora token when the
+  SDK reports `token-privilege-will-expire`. None (the default) means tokens are not
+  renewed and the session stops when its token expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from playwright.async_api import Page
+
+from .browser import BrowserPool
+from .config import Settings
+from .errors import (AgoraJoinTimeout, AgoraNotConfigured, BadRequest, RecorderError,
+                     SessionNotFound, ShuttingDown, StartFailed)
+from .sink import ChunkSink, iso, probe_duration_ms, unfinished_sidecars, utc_now
+
+log = logging.getLogger(__name__)
+
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-=+@.]{1,64}$")
+FIXTURE_RE = re.compile(r"^(/fixtures/[A-Za-z0-9_\-.]+|https?://(127\.0\.0\.1|localhost)(:\d+)?/\S*)$")
+STOP_TIMEOUT_SECONDS = 30
+FINISHED_KEPT = 1000
+
+TokenProvider = Callable[[str, int], "str | Awaitable[str]"]
+
+
+@dataclass(eq=False)
+class Session:
+    sid: str
+    channel: str
+    uid: int
+    call_id: str | None
+    source: str
+    sink: ChunkSink
+    key: str = field(repr=False, default="")
+    started_mono: float = field(default_factory=time.monotonic)
+    page: Page | None = field(default=None, repr=False)
+    state: str = "starting"
+    remote_users: int = 0
+    last_presence: float = field(default_factory=time.monotonic)
+    stop_reason: str | None = None
+    result: dict | None = None
+    recovered: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    stopping: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.sink.path
+
+    @property
+    def filename(self) -> str:
+        return self.sink.path.name
+
+    @property
+    def is_agora(self) -> bool:
+        return self.source == "agora"
+
+    def summary(self) -> dict:
+        meta = self.sink.meta
+        return {"sid": self.sid, "channel": self.channel, "uid": self.uid,
+                "callId": self.call_id, "source": self.source, "filename": self.filename,
+                "status": self.state, "startedAt": meta["startedAt"], "chunks": meta["chunks"],
+                "bytes": meta["bytes"], "remoteUsers": self.remote_users}
+
+
+def parse_start(body: Any) -> dict:
+    """Validate a POST /sessions body; raises BadRequest with the first problem."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    channel = body.get("channel")
+    if not isinstance(channel, str) or not CHANNEL_RE.match(channel) or channel.startswith("."):
+        raise BadRequest("channel must be 1-64 characters of A-Z a-z 0-9 _ - = + @ .")
+    source = body.get("source") or "agora"
+    if not isinstance(source, str):
+        raise BadRequest("source must be a string")
+    if source.startswith("tone:"):
+        try:
+            hz = float(source[5:])
+        except ValueError:
+            hz = 0.0
+        if not 20 <= hz <= 20000:
+            raise BadRequest("a tone source is tone:<hz> with 20 <= hz <= 20000")
+    elif source != "agora" and not FIXTURE_RE.match(source):
+        raise BadRequest("source must be agora, tone:<hz>, /fixtures/<name> or a loopback URL")
+    uid = body.get("uid", None if source == "agora" else 0)
+    if isinstance(uid, str) and uid.isdigit():
+        uid = int(uid)
+    if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= 2**32 - 1:
+        raise BadRequest("uid must be an integer from 0 to 4294967295")
+    token = body.get("token")
+    if token is not None and not isinstance(token, str):
+        raise BadRequest("token must be a string or null")
+    call_id = body.get("callId", body.get("call_id"))
+    if call_id is not None and not isinstance(call_id, str):
+        raise BadRequest("callId must be a string or null")
+    return {"channel": channel, "uid": uid, "token": token or None, "call_id": call_id,
+            "source": source}
+
+
+class RecorderService:
+    token_provider: TokenProvider | None = None
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.page_base_url = f"http://127.0.0.1:{settings.port}"
+        self.pool = BrowserPool(executable_path=settings.chromium_path,
+                                per_context=settings.sessions_per_context,
+                                on_disconnected=self._browser_lost)
+        self._sessions: dict[str, Session] = {}
+        self._finished: dict[str, dict] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._watchdog: asyncio.Task | None = None
+        self._closing = False
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def on_stopped(self, session: Session, *, recovered: bool = False) -> None:
+        """Called once per finished recording (see the module docstring). Default: no-op."""
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Recover what a crashed recorder left, launch the browser, start the watchdog."""
+        self.settings.recordings_dir.mkdir(parents=True, exist_ok=True)
+        await self.recover()
+        await self.pool.ensure_browser()
+        self._watchdog = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        """Stop every session cleanly (flushing its last chunk), then close the browser."""
+        self._closing = True
+        await asyncio.gather(*(self.session_stop(sid=sid, reason="shutdown")
+                               for sid in list(self._sessions)), return_exceptions=True)
+        if self._watchdog:
+            self._watchdog.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_SECONDS)
+        await self.pool.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- start ---------------------------------------------------------------------------
+
+    async def session_start(self, *, channel: str, uid: int, token: str | None,
+                            call_id: str | None, source: str) -> Session:
+        if self._closing:
+            raise ShuttingDown("the recorder is shutting down")
+        if source == "agora" and not self.settings.agora_app_id:
+            raise AgoraNotConfigured("AGORA_APP_ID is not set on the recorder")
+        sid = str(uuid.uuid4())
+        sink = await asyncio.to_thread(
+            ChunkSink.create, self.settings.recordings_dir, channel=channel,
+            started_at=utc_now(),
+            meta={"sid": sid, "channel": channel, "uid": uid, "callId": call_id,
+                  "source": source})
+        session = Session(sid=sid, channel=channel, uid=uid, call_id=call_id, source=source,
+                          sink=sink, key=secrets.token_urlsafe(32))
+        self._sessions[sid] = session
+        try:
+            session.page = await self.pool.new_page()
+            session.page.on("crash", lambda _p: self._page_lost(session, "page_crashed"))
+            session.page.on("console", lambda m: log.debug("page %s: %s", sid[:8], m.text))
+            await session.page.goto(f"{self.page_base_url}/page")
+            config = {"sid": sid, "key": session.key, "source": source, "channel": channel,
+                      "uid": uid, "token": token, "appId": self.settings.agora_app_id,
+                      "joinTimeoutMs": int(self.settings.join_timeout_seconds * 1000),
+                      "audioBitsPerSecond": self.settings.audio_bits_per_second,
+                      "timesliceMs": self.settings.timeslice_ms}
+            answer = await asyncio.wait_for(
+                session.page.evaluate("cfg => window.recorderStart(cfg)", config),
+                timeout=self.settings.join_timeout_seconds + 15)
+        except asyncio.TimeoutError:
+            await self._abandon(session)
+            raise StartFailed("the recorder page did not answer") from None
+        except RecorderError:
+            await self._abandon(session)
+            raise
+        except Exception as exc:
+            await self._abandon(session)
+            raise StartFailed(f"the recorder page failed: {exc}") from exc
+        if not answer.get("ok"):
+            await self._abandon(session)
+            error = answer.get("error") or {}
+            if error.get("code") == "agora_join_timeout":
+                raise AgoraJoinTimeout(error.get("message") or "joining the channel timed out")
+            raise StartFailed(error.get("message") or "the page could not start recording",
+                              code=error.get("code") or None)
+        session.state = "recording"
+        session.started_mono = session.last_presence = time.monotonic()
+        log.info("recording %s channel=%s source=%s file=%s", sid, channel, source,
+                 session.filename)
+        return session
+
+    async def _abandon(self, session: Session) -> None:
+        """Undo a start that failed: no page, no session, no empty file left behind."""
+        self._sessions.pop(session.sid, None)
+        if session.page is not None:
+            await self.pool.close_page(session.page)
+            session.page = None
+        async with session.lock:
+            if session.sink.meta["bytes"] == 0:
+                await asyncio.to_thread(session.sink.discard)
+            else:
+                await asyncio.to_thread(session.sink.mark, "failed")
+
+    # -- stop ----------------------------------------------------------------------------
+
+    async def session_stop(self, *, sid: str, reason: str = "requested") -> dict:
+        """Stop a session and answer its result; stopping a stopped session answers the
+        same result again (clients retry)."""
+        if sid in self._finished:
+            return self._finished[sid]
+        session = self._sessions.get(sid)
+        if session is None:
+            raise SessionNotFound(f"no recording session {sid}")
+        if session.stopping is None:
+            session.stopping = asyncio.create_task(self._finish(session, reason))
+        return await asyncio.shield(session.stopping)
+
+    async def _finish(self, session: Session, reason: str, *, page_alive: bool = True) -> dict:
+        session.state, session.stop_reason = "stopping", reason
+        async with session.lock:
+            await asyncio.to_thread(session.sink.mark, "stopping")
+        page_answer: dict = {}
+        if session.page is not None:
+            if page_alive:
+                try:
+                    page_answer = await asyncio.wait_for(
+                        session.page.evaluate("() => window.recorderStop()"),
+                        timeout=STOP_TIMEOUT_SECONDS) or {}
+                except Exception as exc:
+                    log.warning("session %s: the page did not stop cleanly: %s", session.sid, exc)
+            await self.pool.close_page(session.page)
+            session.page = None
+        duration_ms = await asyncio.to_thread(probe_duration_ms, session.path)
+        if duration_ms is None:
+            duration_ms = page_answer.get("recordedMs")
+        async with session.lock:
+            await asyncio.to_thread(session.sink.mark, "stopped", stoppedAt=iso(utc_now()),
+                                    durationMs=duration_ms, stopReason=reason)
+        session.result = self._result(session)
+        self._finished[session.sid] = session.result
+        while len(self._finished) > FINISHED_KEPT:
+            self._finished.pop(next(iter(self._finished)))
+        self._sessions.pop(session.sid, None)
+        session.state = "stopped"
+        log.info("stopped %s reason=%s bytes=%s durationMs=%s", session.sid, reason,
+                 session.result["bytes"], duration_ms)
+        self._spawn(self._call_on_stopped(session, recovered=False))
+        return session.result
+
+    @staticmethod
+    def _result(session: Session) -> dict:
+        meta = session.sink.meta
+        return {"sid": session.sid, "channel": session.channel, "uid": session.uid,
+                "callId": session.call_id, "filename": session.filename,
+                "path": str(session.path), "bytes": meta["bytes"], "chunks": meta["chunks"],
+                "durationMs": meta.get("durationMs"), "stopReason": meta.get("stopReason"),
+                "recovered": session.recovered, "status": "stopped"}
+
+    async def _call_on_stopped(self, session: Session, *, recovered: bool) -> None:
+        try:
+            if inspect.iscoroutinefunction(self.on_stopped):
+                await self.on_stopped(session, recovered=recovered)
+            else:
+                await asyncio.to_thread(self.on_stopped, session, recovered=recovered)
+        except Exception:
+            log.exception("on_stopped failed for %s", session.sid)
+
+    # -- what the page tells us ----------------------------------------------------------
+
+    def _session_for_page(self, sid: str, key: str) -> Session:
+        session = self._sessions.get(sid)
+        if session is None or not hmac.compare_digest(session.key.encode(), key.encode()):
+            raise SessionNotFound(f"no recording session {sid}")
+        return session
+
+    async def chunk_receive(self, *, sid: str, key: str, seq: int, data: bytes) -> str:
+        session = self._session_for_page(sid, key)
+        async with session.lock:
+            return await asyncio.to_thread(session.sink.append, seq, data)
+
+    async def page_event(self, *, sid: str, key: str, event: dict) -> None:
+        session = self._session_for_page(sid, key)
+        kind = event.get("type")
+        if kind == "users":
+            session.remote_users = int(event.get("count") or 0)
+            session.last_presence = time.monotonic()
+        elif kind == "token-will-expire":
+            self._spawn(self._renew_token(session))
+        elif kind in ("token-expired", "source-ended", "recorder-error"):
+            log.warning("session %s: %s %s", sid, kind, event.get("message", ""))
+            self._spawn(self._stop_quietly(session.sid, kind.replace("-", "_")))
+        else:
+            log.info("session %s: %s", sid, json.dumps(event)[:300])
+
+    async def _renew_token(self, session: Session) -> None:
+        if self.token_provider is None:
+            log.warning("session %s: token expires soon and no token_provider is set",
+                        session.sid)
+            return
+        try:
+            token = self.token_provider(session.channel, session.uid)
+            if inspect.isawaitable(token):
+                token = await token
+            if session.page is not None:
+                await session.page.evaluate("t => window.recorderRenewToken(t)", token)
+                log.info("session %s: token renewed", session.sid)
+        except Exception:
+            log.exception("session %s: token renewal failed", session.sid)
+
+    async def _stop_quietly(self, sid: str, reason: str) -> None:
+        try:
+            await self.session_stop(sid=sid, reason=reason)
+        except SessionNotFound:
+            pass
+        except Exception:
+            log.exception("auto-stop of %s failed", sid)
+
+    def _page_lost(self, session: Session, reason: str) -> None:
+        if session.stopping is None and session.state == "recording":
+            log.error("session %s: %s; keeping what was recorded", session.sid, reason)
+            session.stopping = asyncio.ensure_future(
+                self._finish(session, reason, page_alive=False))
+
+    def _browser_lost(self) -> None:
+        for session in list(self._sessions.values()):
+            self._page_lost(session, "browser_crashed")
+
+    # -- auto-stop -----------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Once a second: stop sessions past the maximum duration, and Agora sessions that
+        nobody has been in for RECORDER_MAX_IDLE_SECONDS."""
+        while True:
+            await asyncio.sleep(1)
+            now = time.monotonic()
+            for session in list(self._sessions.values()):
+                reason = self.auto_stop_reason(session, now=now)
+                if reason:
+                    self._spawn(self._stop_quietly(session.sid, reason))
+
+    def auto_stop_reason(self, session: Session, *, now: float) -> str | None:
+        """"max_duration", "idle" (Agora only: local sources have nobody to wait for) or None."""
+        if session.state != "recording" or session.stopping is not None:
+            return None
+        if now - session.started_mono >= self.settings.max_seconds:
+            return "max_duration"
+        if (session.is_agora and session.remote_users == 0
+                and now - session.last_presence >= self.settings.max_idle_seconds):
+            return "idle"
+        return None
+
+    # -- queries -------------------------------------------------------------------------
+
+    def sessions_active(self) -> list[dict]:
+        return [s.summary() for s in self._sessions.values()]
+
+    def session_get(self, *, sid: str) -> dict:
+        if sid in self._finished:
+            return self._finished[sid]
+        if sid in self._sessions:
+            return self._sessions[sid].summary()
+        raise SessionNotFound(f"no recording session {sid}")
+
+    # -- crash recovery ------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Mark recordings a crashed recorder left unfinished as stopped (the WebM it left
+        decodes; at most the last slice is lost) and hand them to `on_stopped`."""
+        for sidecar in unfinished_sidecars(self.settings.recordings_dir):
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            webm = sidecar.with_suffix(".webm")
+            size = webm.stat().st_size if webm.exists() else 0
+            sink = ChunkSink(path=webm, meta=meta, next_seq=meta.get("chunks", 0))
+            duration_ms = await asyncio.to_thread(probe_duration_ms, webm)
+            await asyncio.to_thread(sink.mark, "stopped", bytes=size, durationMs=duration_ms,
+                                    stopReason="recovered", recovered=True,
+                                    stoppedAt=iso(utc_now()))
+            session = Session(sid=meta.get("sid") or sidecar.stem, channel=meta.get("channel", ""),
+                              uid=meta.get("uid") or 0, call_id=meta.get("callId"),
+                              source=meta.get("source", ""), sink=sink, state="stopped",
+                              stop_reason="recovered", recovered=True)
+            session.result = self._result(session)
+            self._finished[session.sid] = session.result
+            log.warning("recovered unfinished recording %s (%s bytes)", webm.name, size)
+            self._spawn(self._call_on_stopped(session, recovered=True))

@@ -1,0 +1,148 @@
+"""The recorder's HTTP API (aiohttp) and the files its pages load.
+
+Django (recorder_bridge) calls the API with the shared secret in `X-Recorder-Secret`.
+The recording pages never see that secret (the Agora SDK runs in them and talks to
+Agora's hosts): their chunk and event uploads carry a per-session key instead, and the
+page, its script and the SDK bundle are public static files.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from .errors import BadRequest, RecorderError, Unauthorized
+from .sessions import RecorderService, parse_start
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+# `npm ci --prefix recorder` puts the bundle in node_modules; an image may copy it to static/vendor.
+AGORA_BUNDLES = (HERE / "node_modules" / "agora-rtc-sdk-ng" / "AgoraRTC_N-production.js",
+                 STATIC_DIR / "vendor" / "AgoraRTC_N-production.js")
+SERVICE = web.AppKey("service", RecorderService)
+
+
+def _service(request: web.Request) -> RecorderService:
+    return request.app[SERVICE]
+
+
+def _require_secret(request: web.Request) -> None:
+    expected = _service(request).settings.secret
+    if expected is None:  # RECORDER_ALLOW_NO_SECRET=1, local development only
+        return
+    given = request.headers.get("X-Recorder-Secret", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("missing or wrong X-Recorder-Secret")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except RecorderError as exc:
+        return web.json_response(exc.as_json(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large"}.get(exc.status, "http_error")
+        return web.json_response({"error": {"code": code, "message": exc.reason}},
+                                 status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response({"error": {"code": "internal_error",
+                                            "message": "internal error"}}, status=500)
+
+
+async def health(request: web.Request) -> web.Response:
+    service = _service(request)
+    return web.json_response({"status": "ok", "browser": "up" if service.pool.up else "down",
+                              "sessions": len(service.sessions_active()),
+                              "contexts": service.pool.context_count})
+
+
+async def sessions_create(request: web.Request) -> web.Response:
+    _require_secret(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body must be JSON") from None
+    session = await _service(request).session_start(**parse_start(body))
+    return web.json_response({"sid": session.sid, "channel": session.channel,
+                              "uid": session.uid, "callId": session.call_id,
+                              "filename": session.filename, "status": "recording"}, status=201)
+
+
+async def sessions_list(request: web.Request) -> web.Response:
+    _require_secret(request)
+    return web.json_response({"sessions": _service(request).sessions_active()})
+
+
+async def session_detail(request: web.Request) -> web.Response:
+    _require_secret(request)
+    return web.json_response(_service(request).session_get(sid=request.match_info["sid"]))
+
+
+async def session_stop(request: web.Request) -> web.Response:
+    _require_secret(request)
+    result = await _service(request).session_stop(sid=request.match_info["sid"])
+    return web.json_response(result)
+
+
+async def chunk_upload(request: web.Request) -> web.Response:
+    try:
+        seq = int(request.match_info["seq"])
+    except ValueError:
+        raise BadRequest("seq must be an integer") from None
+    outcome = await _service(request).chunk_receive(
+        sid=request.match_info["sid"], key=request.headers.get("X-Session-Key", ""),
+        seq=seq, data=await request.read())
+    return web.json_response({"seq": seq, "outcome": outcome})
+
+
+async def page_event(request: web.Request) -> web.Response:
+    try:
+        event = await request.json()
+    except ValueError:
+        raise BadRequest("the body must be JSON") from None
+    if not isinstance(event, dict):
+        raise BadRequest("an event is a JSON object")
+    await _service(request).page_event(sid=request.match_info["sid"],
+                                       key=request.headers.get("X-Session-Key", ""),
+                                       event=event)
+    return web.json_response({"ok": True})
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "page.html")
+
+
+async def agora_bundle(request: web.Request) -> web.FileResponse:
+    for bundle in AGORA_BUNDLES:
+        if bundle.is_file():
+            return web.FileResponse(bundle)
+    raise RecorderError("the Agora Web SDK is not installed (npm ci --prefix recorder)",
+                        code="agora_sdk_missing", status=500)
+
+
+def build_app(service: RecorderService, *, fixtures_dir: Path | None = None) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=8 * 1024 * 1024)
+    app[SERVICE] = service
+    app.router.add_get("/health", health)
+    app.router.add_post("/sessions", sessions_create)
+    app.router.add_get("/sessions", sessions_list)
+    app.router.add_get("/sessions/{sid}", session_detail)
+    app.router.add_post("/sessions/{sid}/stop", session_stop)
+    app.router.add_post("/sessions/{sid}/chunks/{seq}", chunk_upload)
+    app.router.add_post("/sessions/{sid}/events", page_event)
+    app.router.add_get("/page", page)
+    app.router.add_get("/vendor/AgoraRTC_N-production.js", agora_bundle)
+    app.router.add_static("/static/", STATIC_DIR)
+    if fixtures_dir is not None:
+        app.router.add_static("/fixtures/", fixtures_dir)
+    return app

@@ -1,0 +1,343 @@
+"""The recorder bot service (`python -m recorder`) with real headless Chromium, recording a
+local tone (Agora cannot be reached from here, so only its join timeout is exercised)."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from devstack.emulators import _http_ok, free_port, spawn, stop, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+RECORDING_SECONDS = 5.0
+
+
+@dataclass
+class Recorder:
+    base: str
+    secret: str
+    recordings: Path
+    log: Path
+    proc: subprocess.Popen
+
+    def call(self, method: str, path: str, body=None, *, secret: str | None = "default"):
+        """(status, JSON body) of one request; `secret=None` sends no secret."""
+        headers = {"Content-Type": "application/json"}
+        if secret is not None:
+            headers["X-Recorder-Secret"] = self.secret if secret == "default" else secret
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def sidecar(self, filename: str) -> dict:
+        return json.loads((self.recordings / filename).with_suffix(".json").read_text())
+
+    def kill_hard(self) -> None:
+        """SIGKILL the recorder and its Chromium (one process group): a crash."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start_recorder(tmp_path):
+    """`start_recorder(**env)` -> a running recorder on a free loopback port with its own
+    recordings directory and secret; every recorder started is stopped afterwards."""
+    started: list[subprocess.Popen] = []
+    recordings = tmp_path / "recordings"
+    secret = secrets.token_urlsafe(24)
+
+    def start(**env_overrides) -> Recorder:
+        port = free_port()
+        env = {**os.environ, "RECORDER_HOST": "127.0.0.1", "RECORDER_PORT": str(port),
+               "RECORDER_SECRET": secret, "RECORDINGS_DIR": str(recordings),
+               "PYTHONPATH": str(REPO), **env_overrides}
+        env.pop("RECORDER_ALLOW_NO_SECRET", None)
+        log = tmp_path / f"recorder-{port}.log"
+        proc = spawn([sys.executable, "-m", "recorder"], log_path=log, env=env)
+        started.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _http_ok(f"{base}/health"), timeout=60, what="recorder",
+                   proc=proc, log_path=log)
+        return Recorder(base=base, secret=secret, recordings=recordings, log=log, proc=proc)
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            stop(proc, grace=30)
+
+
+def decoded_seconds(path: Path) -> float:
+    """Decode the whole file with ffmpeg; the last `time=` is the audio's duration."""
+    result = subprocess.run(["ffmpeg", "-nostdin", "-i", str(path), "-f", "null", "-"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
+    assert times, result.stderr[-2000:]
+    h, m, s = times[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def audio_codec(path: Path) -> str:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                          "stream=codec_name", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return out.strip()
+
+
+def dominant_hz(path: Path) -> float:
+    """The frequency of a pure tone, from the zero crossings of its decoded samples."""
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "s16le",
+                          "-ac", "1", "-ar", "16000", "-"], capture_output=True, timeout=60,
+                         check=True).stdout
+    samples = array.array("h", raw)
+    crossings = sum(1 for a, b in zip(samples, samples[1:]) if (a < 0) != (b < 0))
+    return crossings / 2 / (len(samples) / 16000)
+
+
+def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
+    recorder = start_recorder()
+    status, started = recorder.call("POST", "/sessions", {
+        "channel": "group1_alice_bob_1700000000000", "uid": 999999, "callId": "call-1",
+        "source": "tone:440"})
+    assert status == 201, started
+    assert started["status"] == "recording"
+    assert re.fullmatch(r"group1_alice_bob_1700000000000_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.webm",
+                        started["filename"])
+    status, listed = recorder.call("GET", "/sessions")
+    assert [s["sid"] for s in listed["sessions"]] == [started["sid"]]
+
+    time.sleep(RECORDING_SECONDS)  # the recording itself
+    status, stopped = recorder.call("POST", f"/sessions/{started['sid']}/stop")
+
+    assert status == 200, stopped
+    assert stopped["status"] == "stopped"
+    path = Path(stopped["path"])
+    assert path == recorder.recordings / started["filename"]
+    assert stopped["bytes"] == path.stat().st_size > 0
+    assert audio_codec(path) == "opus"
+    assert decoded_seconds(path) == pytest.approx(RECORDING_SECONDS, abs=0.5)
+    assert stopped["durationMs"] / 1000 == pytest.approx(RECORDING_SECONDS, abs=0.5)
+    sidecar = recorder.sidecar(started["filename"])
+    assert sidecar["state"] == "stopped"
+    assert (sidecar["sid"], sidecar["callId"], sidecar["uid"]) == (started["sid"], "call-1", 999999)
+    assert sidecar["chunks"] == stopped["chunks"] >= 4
+    assert "token" not in sidecar
+
+    again_status, again = recorder.call("POST", f"/sessions/{started['sid']}/stop")
+    assert (again_status, again) == (200, stopped)
+    assert recorder.call("GET", "/sessions") == (200, {"sessions": []})
+
+
+def test_two_concurrent_tone_sessions_stay_separate_files(start_recorder):
+    recorder = start_recorder()
+    sessions = {}
+    for hz in (440, 880):
+        status, body = recorder.call("POST", "/sessions", {"channel": f"g_tone{hz}_x",
+                                                           "source": f"tone:{hz}"})
+        assert status == 201, body
+        sessions[hz] = body
+    status, listed = recorder.call("GET", "/sessions")
+    assert len(listed["sessions"]) == 2
+
+    time.sleep(3)  # both record at once
+    results = {hz: recorder.call("POST", f"/sessions/{s['sid']}/stop")[1]
+               for hz, s in sessions.items()}
+
+    assert results[440]["path"] != results[880]["path"]
+    for hz, result in results.items():
+        assert dominant_hz(Path(result["path"])) == pytest.approx(hz, rel=0.05)
+
+
+def test_every_endpoint_but_health_needs_the_secret(start_recorder):
+    recorder = start_recorder()
+    assert recorder.call("GET", "/health", secret=None)[0] == 200
+    for method, path, body in [("GET", "/sessions", None),
+                               ("POST", "/sessions", {"channel": "c", "source": "tone:440"}),
+                               ("POST", "/sessions/nope/stop", None)]:
+        for secret in (None, "wrong"):
+            status, answer = recorder.call(method, path, body, secret=secret)
+            assert status == 401
+            assert answer["error"]["code"] == "unauthorized"
+    assert recorder.call("GET", "/sessions") == (200, {"sessions": []})
+
+
+def test_bad_input_and_unknown_sessions_answer_json_errors(start_recorder):
+    recorder = start_recorder()
+    status, answer = recorder.call("POST", "/sessions", {"channel": "../etc", "source": "tone:440"})
+    assert (status, answer["error"]["code"]) == (400, "bad_request")
+    status, answer = recorder.call("POST", "/sessions", {"channel": "c", "source": "tone:5"})
+    assert (status, answer["error"]["code"]) == (400, "bad_request")
+    status, answer = recorder.call("POST", "/sessions/no-such-sid/stop")
+    assert (status, answer["error"]["code"]) == (404, "session_not_found")
+
+
+def test_unreachable_agora_fails_the_start_with_join_timeout_and_leaves_nothing(start_recorder):
+    recorder = start_recorder(AGORA_APP_ID="0123456789abcdef0123456789abcdef",
+                              RECORDER_JOIN_TIMEOUT_SECONDS="3")
+
+    status, answer = recorder.call("POST", "/sessions", {
+        "channel": "group1_alice_bob_1", "uid": 999999, "token": None, "source": "agora"})
+
+    assert status == 504, answer
+    assert answer["error"]["code"] == "agora_join_timeout"
+    assert recorder.call("GET", "/sessions") == (200, {"sessions": []})
+    health = recorder.call("GET", "/health")[1]
+    assert (health["sessions"], health["contexts"], health["browser"]) == (0, 0, "up")
+    assert list(recorder.recordings.iterdir()) == []
+
+
+def test_a_recording_survives_a_recorder_crash_and_is_recovered(start_recorder):
+    recorder = start_recorder()
+    status, started = recorder.call("POST", "/sessions", {"channel": "g_crash_x",
+                                                          "source": "tone:440"})
+    assert status == 201, started
+    wait_until(lambda: recorder.sidecar(started["filename"])["chunks"] >= 3, timeout=30,
+               what="three chunks on disk")
+
+    recorder.kill_hard()
+
+    webm = recorder.recordings / started["filename"]
+    assert recorder.sidecar(started["filename"])["state"] == "recording"
+    assert decoded_seconds(webm) >= 2.0  # ffmpeg decodes what the crash left (exit 0)
+
+    restarted = start_recorder()  # same directory; recovery runs before it answers /health
+    sidecar = restarted.sidecar(started["filename"])
+    assert sidecar["state"] == "stopped"
+    assert sidecar["recovered"] is True
+    assert sidecar["bytes"] == webm.stat().st_size
+    assert sidecar["durationMs"] >= 2000
+    status, result = restarted.call("POST", f"/sessions/{started['sid']}/stop")
+    assert (status, result["status"], result["recovered"]) == (200, "stopped", True)
+
+
+def test_recovery_hands_each_unfinished_recording_to_on_stopped_once(tmp_path, monkeypatch):
+    from recorder.config import Settings
+    from recorder.sessions import RecorderService
+
+    (tmp_path / "c_2026-01-01T00-00-00.webm").write_bytes(b"")
+    (tmp_path / "c_2026-01-01T00-00-00.json").write_text(json.dumps(
+        {"sid": "s1", "channel": "c", "uid": 1, "callId": "k", "source": "agora",
+         "state": "recording", "chunks": 0, "bytes": 0}))
+    (tmp_path / "d_2026-01-01T00-00-00.json").write_text(json.dumps(
+        {"sid": "s2", "channel": "d", "state": "stopped", "chunks": 0, "bytes": 0}))
+    monkeypatch.setenv("RECORDER_SECRET", "x")
+    monkeypatch.setenv("RECORDINGS_DIR", str(tmp_path))
+    calls = []
+
+    async def run():
+        service = RecorderService(Settings.from_env())
+        service.on_stopped = lambda session, *, recovered: calls.append((session.sid, recovered))
+        await service.recover()
+        await asyncio.gather(*service._tasks)
+
+    asyncio.run(run())
+
+    assert calls == [("s1", True)]
+    assert json.loads((tmp_path / "c_2026-01-01T00-00-00.json").read_text())["state"] == "stopped"
+
+
+def test_chunks_are_written_in_order_once_and_a_gap_is_noted(tmp_path):
+    from recorder.sink import ChunkSink, utc_now
+
+    sink = ChunkSink.create(tmp_path, channel="c", started_at=utc_now(), meta={"sid": "s"})
+    assert [sink.append(0, b"a"), sink.append(1, b"b"), sink.append(1, b"b"),
+            sink.append(3, b"d")] == ["written", "written", "duplicate", "written"]
+    assert sink.path.read_bytes() == b"abd"
+    saved = json.loads(sink.sidecar_path.read_text())
+    assert (saved["chunks"], saved["bytes"], saved["gaps"]) == (3, 3, [[2, 2]])
+
+
+def test_sigterm_stops_every_session_cleanly_and_exits_0(start_recorder):
+    recorder = start_recorder()
+    status, started = recorder.call("POST", "/sessions", {"channel": "g_term_x",
+                                                          "source": "tone:440"})
+    assert status == 201, started
+    wait_until(lambda: recorder.sidecar(started["filename"])["chunks"] >= 2, timeout=30,
+               what="two chunks on disk")
+
+    recorder.proc.send_signal(signal.SIGTERM)  # the main process only, as Docker does
+
+    assert recorder.proc.wait(timeout=60) == 0
+    sidecar = recorder.sidecar(started["filename"])
+    assert (sidecar["state"], sidecar["stopReason"]) == ("stopped", "shutdown")
+    webm = recorder.recordings / started["filename"]
+    assert sidecar["bytes"] == webm.stat().st_size
+    assert decoded_seconds(webm) >= 1.5
+
+
+def test_a_session_stops_by_itself_at_the_maximum_duration(start_recorder):
+    recorder = start_recorder(RECORDER_MAX_SECONDS="2")
+    status, started = recorder.call("POST", "/sessions", {"channel": "g_max_x",
+                                                          "source": "tone:440"})
+    assert status == 201, started
+
+    wait_until(lambda: recorder.call("GET", f"/sessions/{started['sid']}")[1]["status"]
+               == "stopped", timeout=30, what="the auto-stop")
+
+    result = recorder.call("GET", f"/sessions/{started['sid']}")[1]
+    assert result["stopReason"] == "max_duration"
+    assert recorder.sidecar(started["filename"])["state"] == "stopped"
+    assert decoded_seconds(Path(result["path"])) >= 1.5
+
+
+def test_a_fixture_file_is_recorded_until_it_ends(start_recorder, tmp_path):
+    fixtures = tmp_path / "fixtures"
+    fixtures.mkdir()
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=660:duration=2", "-ar", "48000", str(fixtures / "voice.wav")],
+                   check=True, timeout=30)
+    recorder = start_recorder(RECORDER_FIXTURES_DIR=str(fixtures))
+    status, started = recorder.call("POST", "/sessions", {"channel": "g_fixture_x",
+                                                          "source": "/fixtures/voice.wav"})
+    assert status == 201, started
+
+    wait_until(lambda: recorder.call("GET", f"/sessions/{started['sid']}")[1]["status"]
+               == "stopped", timeout=30, what="the stop at the fixture's end")
+
+    result = recorder.call("GET", f"/sessions/{started['sid']}")[1]
+    assert result["stopReason"] == "source_ended"
+    assert dominant_hz(Path(result["path"])) == pytest.approx(660, rel=0.05)
+
+
+def test_idle_auto_stop_is_for_agora_sessions_nobody_is_in(tmp_path, monkeypatch):
+    from recorder.config import Settings
+    from recorder.sessions import RecorderService, Session
+    from recorder.sink import ChunkSink, utc_now
+
+    monkeypatch.setenv("RECORDER_SECRET", "x")
+    monkeypatch.setenv("RECORDER_MAX_IDLE_SECONDS", "30")
+    monkeypatch.setenv("RECORDER_MAX_SECONDS", "100")
+    service = RecorderService(Settings.from_env())
+
+    def session(source: str, *, users: int, quiet_for: float, age: float = 50) -> Session:
+        sink = ChunkSink.create(tmp_path, channel="c", started_at=utc_now(), meta={})
+        return Session(sid="s", channel="c", uid=1, call_id=None, source=source, sink=sink,
+                       state="recording", remote_users=users, started_mono=1000 - age,
+                       last_presence=1000 - quiet_for)
+
+    reason = service.auto_stop_reason
+    assert reason(session("agora", users=0, quiet_for=31), now=1000) == "idle"
+    assert reason(session("agora", users=0, quiet_for=29), now=1000) is None
+    assert reason(session("agora", users=1, quiet_for=300), now=1000) is None
+    assert reason(session("tone:440", users=0, quiet_for=300), now=1000) is None
+    assert reason(session("tone:440", users=0, quiet_for=0, age=100), now=1000) == "max_duration"
