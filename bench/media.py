@@ -123,6 +123,16 @@ def _report(*, args, src: Path, results: dict, warmup: dict, load: tuple[str, st
     cpu = {k: statistics.median(r["child_cpu_s"] + (r["python_cpu_s"] if k == "ours" else 0)
                                 for r in v) for k, v in results.items()}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    table = "\n".join([
+        "| | wall, median (runs) | CPU, median (user+sys) | peak RSS |",
+        "|---|---|---|---|",
+        f"| ours: `convert_to_wav` | {med['ours']:.2f} s ({walls['ours']}) "
+        f"| {cpu['ours']:.2f} s | Python {_mb(ours_py)} + largest child {_mb(ours_child)} "
+        f"= **{_mb(ours_py + ours_child)}** |",
+        f"| bare `ffmpeg` CLI | {med['bare']:.2f} s ({walls['bare']}) | {cpu['bare']:.2f} s "
+        f"| ffmpeg **{_mb(bare_child)}** |",
+        f"| **ours / bare** | **{med['ours'] / med['bare']:.3f}x** (target ≤ 1.1x) "
+        f"| {cpu['ours'] / cpu['bare']:.3f}x | (target < 100 MB) |"])
     return f"""\
 ### WAV conversion of a {args.minutes}-minute browser recording, {now}
 
@@ -139,27 +149,22 @@ duration in the header (ffprobe: `{_header_duration(src)}`); espeak-ng speech lo
 **Baseline (bare):** `{cmd}`, run from Python with `subprocess.run`.
 **Ours:** `media.audio.convert_to_wav`: ffprobe of the header, then one ffmpeg with the
 same arguments writing to a temp file plus a second output listing every packet
-(`-map 0:a:0 -c copy -f framecrc pipe:1`, read by a Python thread for the packet-scan
-duration), then `validate_wav` (44 bytes read) and the rename.
+(`-map 0:a:0 -c copy -flush_packets 0 -f framecrc pipe:1`, read by a Python thread for the
+packet-scan duration), then `validate_wav` (44 bytes read) and the rename.
 
 Order: one untimed warm-up of the bare CLI ({warmup['wall_s']:.2f} s), then ours and bare
-alternated, {args.runs} each, every trial in a fresh Python process. Load average (1, 5,
-15 min) before: {load[0]}; after: {load[1]} (the machine is shared; CPU time is the figure
-that other load disturbs least).
+alternated, {args.runs} each, every trial in a fresh Python process.
+Load average (1, 5, 15 min) before: {load[0]}; after: {load[1]} (on a shared machine
+CPU time is the figure other load disturbs least).
 
-| | wall, median (runs) | CPU, median (user+sys) | peak RSS |
-|---|---|---|---|
-| ours: `convert_to_wav` | {med['ours']:.2f} s ({walls['ours']}) | {cpu['ours']:.2f} s | Python {_mb(ours_py)} + largest child {_mb(ours_child)} = **{_mb(ours_py + ours_child)}** |
-| bare `ffmpeg` CLI | {med['bare']:.2f} s ({walls['bare']}) | {cpu['bare']:.2f} s | ffmpeg **{_mb(bare_child)}** |
-| **ours / bare** | **{med['ours'] / med['bare']:.3f}x** (target ≤ 1.1x) | {cpu['ours'] / cpu['bare']:.3f}x | (target < 100 MB) |
+{table}
 
 Peak RSS: `ru_maxrss` of `getrusage(RUSAGE_SELF)` for the trial's Python process (the
 interpreter, `media.audio` and the packet reader) and of `RUSAGE_CHILDREN` for its
 children, which is the largest single child (ffprobe and ffmpeg run one after the other,
 never together, so Python + largest child bounds what ours holds at any moment). RSS counts
-ffmpeg's shared libraries in full: an ffmpeg that converts 0.1 s of silence peaks at
-{_mb(_idle_ffmpeg_maxrss_kb())}. CPU: children's user+sys, plus the Python process's for
-ours."""
+ffmpeg's shared libraries in full: an ffmpeg converting 0.1 s of silence peaks at
+{_mb(_idle_ffmpeg_maxrss_kb())}. CPU: children's user+sys, plus the Python process's for ours."""
 
 
 def main() -> None:

@@ -9,19 +9,26 @@ Durations come from the audio packets' timestamps (the time they span), never fr
 container header: a browser's MediaRecorder WebM has no duration in its header, and a
 crashed recording's header may claim more than the file holds.
 
-Errors (`AudioError.code`, stable, for API bodies and logs):
+Errors (`AudioError.code` is stable: for API bodies and logs):
 
-| class / code | when |
-|---|---|
-| `MissingFile` `missing_file` | the source path does not exist |
-| `EmptyFile` `empty_file` | the source has zero bytes |
-| `NotAudio` `not_audio` | media without an audio stream (video only), or bytes ffmpeg identifies as no format at all (random data) |
-| `CorruptAudio` `corrupt_audio` | ffmpeg recognised a container (by content or by file name) but cannot open it (header only, MP4 without its index), it holds no audio packets, or the decoded audio is shorter than its packets |
-| `TruncatedAudio` `truncated_audio` | the file ends in the middle (ffmpeg: "File ended prematurely", exit 0); carries the usable `duration_ms` |
-| `InvalidWav` `invalid_wav` | a WAV is not 16 kHz mono s16le with a 44-byte header, or has the wrong length |
-| `FfmpegMissing` `ffmpeg_missing` | ffmpeg/ffprobe (`FFMPEG_BINARY`/`FFPROBE_BINARY`) not found |
-| `AudioError` `timeout` | ffmpeg/ffprobe ran past `timeout_s`; its process group was killed |
-| `AudioError` `ffmpeg_failed` | ffmpeg exited non-zero on a source that probed fine (disk full, unwritable destination, unsupported codec for the container) |
+- `MissingFile` `missing_file`: the source path does not exist.
+- `EmptyFile` `empty_file`: the source has zero bytes.
+- `NotAudio` `not_audio`: media without an audio stream (a video without sound), or bytes
+  ffmpeg identifies as no format, or only guesses at (random data, whatever its name).
+- `CorruptAudio` `corrupt_audio`: ffmpeg recognised a container by its content but cannot
+  open it (a WebM header alone, an MP4 without its index), or it holds no audio packets,
+  or decoding gives less audio than its packets span.
+- `TruncatedAudio` `truncated_audio`: the file stops in the middle of the data (the
+  demuxer says "File ended prematurely" and ffmpeg still exits 0); carries the usable
+  `duration_ms`. Detected where the demuxer reports it: Matroska/WebM (what browsers
+  record) and MP4 ("partial file"); a cut MP3, Ogg or WAV just reads as shorter.
+- `InvalidWav` `invalid_wav`: a WAV is not 16 kHz mono s16le with a 44-byte header, or not
+  the expected length.
+- `FfmpegMissing` `ffmpeg_missing`: ffmpeg/ffprobe (`FFMPEG_BINARY`/`FFPROBE_BINARY`,
+  default "ffmpeg"/"ffprobe" on PATH) cannot be run.
+- `AudioError` `timeout`: ffmpeg/ffprobe ran past `timeout_s`; its process group was killed.
+- `AudioError` `ffmpeg_failed`: ffmpeg exited non-zero on a source that probed fine (disk
+  full, unwritable destination, a codec the target container cannot hold).
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ DEFAULT_TIMEOUT_S = 600.0  # a 10-hour recording converts in about a minute on 2
 
 # What demuxers print when the file stops in the middle of the data (exit status stays 0).
 _TRUNCATION_MARKERS = ("File ended prematurely", "partial file")
+# What ffprobe says when a format matched only weakly (score <= 25 of 100), as random
+# bytes do; a real file is matched by its magic bytes or by several consecutive frames.
+_GUESSED_FORMAT = "detected only with low score"
 _STDERR_LINES_KEPT = 20
 _NOPTS = -(2**63)
 
@@ -117,7 +127,7 @@ class AudioInfo:
     it claims nothing, as in browser WebM) and is informational only."""
 
     path: Path
-    container: str            # ffmpeg's format name, e.g. "matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2"
+    container: str            # ffmpeg's format name, e.g. "matroska,webm", "mp3"
     codec: str | None         # of the first audio stream, e.g. "opus"; None without audio
     sample_rate: int | None
     channels: int | None
@@ -152,16 +162,13 @@ def ffmpeg_wav_command(*, src: Path, dst: Path) -> list[str]:
     """The ffmpeg command that turns `src` into the speech-ready WAV `dst` (the first audio
     stream, 16 kHz mono s16le, no metadata chunk: exactly a 44-byte header).
     `convert_to_wav` runs exactly this, plus a packet listing on stdout."""
-    return [_binary("FFMPEG_BINARY", "ffmpeg"), "-nostdin", "-hide_banner", "-nostats",
-            "-loglevel", "error", "-i", str(src),
-            "-map", "0:a:0", "-ac", str(WAV_CHANNELS), "-ar", str(WAV_SAMPLE_RATE),
-            "-c:a", "pcm_s16le", "-map_metadata", "-1",
-            "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav", "-y", str(dst)]
+    return [_binary("FFMPEG_BINARY", "ffmpeg"), *_QUIET, "-i", str(src), *_WAV_OUTPUT,
+            "-y", str(dst)]
 
 
 def probe(*, path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> AudioInfo:
     """Describe `path`, measuring the duration by reading every audio packet's timestamps
-    (one demux pass, no decoding: about 0.4 s for 60 minutes of Opus). A truncated file is
+    (one demux pass, no decoding: about 0.25 s for 60 minutes of Opus). A truncated file is
     described (`truncated=True`), not rejected; a file without audio gives
     `has_audio=False`. Raises MissingFile, EmptyFile, NotAudio (unidentifiable bytes),
     CorruptAudio, FfmpegMissing, or AudioError `timeout`."""
@@ -172,8 +179,8 @@ def probe(*, path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> AudioInfo:
     if not header.has_audio:
         return header
     scan = _PacketScan()
-    run = _run([ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error",
-                "-i", str(path), *_PACKET_TAP], timeout_s=timeout_s, on_stdout_line=scan.feed)
+    run = _run([ffmpeg, *_QUIET, "-i", str(path), *_PACKET_TAP], timeout_s=timeout_s,
+               on_stdout_line=scan.feed)
     if run.returncode != 0:
         raise CorruptAudio(f"ffmpeg cannot read the audio packets of {path.name}: "
                            f"{run.summary()}")
@@ -185,9 +192,10 @@ def remux(*, src: Path, dst: Path, container: str = "webm", allow_truncated: boo
           timeout_s: float = DEFAULT_TIMEOUT_S) -> AudioInfo:
     """Copy the first audio stream of `src` into a fresh `container` file at `dst` without
     re-encoding, which gives a browser WebM a duration and cues (and recovers what a crash
-    left). Returns `dst`'s description. A truncated `src` raises TruncatedAudio unless
+    left). Returns `dst`'s description, with `truncated=True` when `src` ended early and
+    `dst` holds what it had. A truncated `src` raises TruncatedAudio unless
     `allow_truncated`; nothing is written to `dst` on any error. Raises as `probe`, plus
-    AudioError `ffmpeg_failed`."""
+    AudioError `ffmpeg_failed` (e.g. a codec the container cannot hold)."""
     src, dst = Path(src), Path(dst)
     source, run = _transcode(src=src, dst=dst, output_args=[
         "-map", "0:a:0", "-c", "copy", "-f", container],
@@ -195,7 +203,7 @@ def remux(*, src: Path, dst: Path, container: str = "webm", allow_truncated: boo
     header = _probe_header(path=dst, timeout_s=timeout_s)
     return dataclasses.replace(source, path=dst, container=header.container,
                                header_duration_ms=header.header_duration_ms,
-                               bytes=header.bytes, truncated=False)
+                               bytes=header.bytes, truncated=run.truncated)
 
 
 def convert_to_wav(*, src: Path, dst: Path, allow_truncated: bool = False,
@@ -209,9 +217,7 @@ def convert_to_wav(*, src: Path, dst: Path, allow_truncated: bool = False,
     NotAudio, CorruptAudio, TruncatedAudio, InvalidWav, FfmpegMissing, or AudioError
     `timeout` / `ffmpeg_failed`."""
     src, dst = Path(src), Path(dst)
-    wav_args = ffmpeg_wav_command(src=src, dst=dst)
-    output_args = wav_args[wav_args.index("-map"):-1]  # everything between the input and dst
-    source, run = _transcode(src=src, dst=dst, output_args=output_args,
+    source, run = _transcode(src=src, dst=dst, output_args=list(_WAV_OUTPUT),
                              allow_truncated=allow_truncated, timeout_s=timeout_s,
                              check_wav=True)
     wav = validate_wav(path=dst)
@@ -269,6 +275,12 @@ def validate_wav(*, path: Path, expected_ms: int | None = None,
 
 # --- internals ----------------------------------------------------------------------------
 
+_QUIET = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
+# The speech-ready WAV: first audio stream, 16 kHz mono s16le; no metadata and bitexact so
+# that ffmpeg writes no LIST/INFO chunk (its encoder tag) and the header is 44 bytes.
+_WAV_OUTPUT = ("-map", "0:a:0", "-ac", str(WAV_CHANNELS), "-ar", str(WAV_SAMPLE_RATE),
+               "-c:a", "pcm_s16le", "-map_metadata", "-1", "-fflags", "+bitexact",
+               "-flags:a", "+bitexact", "-f", "wav")
 # A second output on the same input: every packet of the first audio stream, copied (not
 # decoded) into ffmpeg's text "framecrc" format, one line per packet with pts and duration.
 # -flush_packets 0: ffmpeg would otherwise write each line to the pipe with its own syscall
@@ -304,11 +316,11 @@ def _probe_header(*, path: Path, timeout_s: float) -> AudioInfo:
     _require(ffprobe, "FFPROBE_BINARY")
     size = _check_source(path)
     out = bytearray()
-    run = _run([ffprobe, "-hide_banner", "-loglevel", "error",
+    run = _run([ffprobe, "-hide_banner", "-loglevel", "warning",  # for the low score line
                 "-show_entries", "format=format_name,duration:"
                 "stream=index,codec_type,codec_name,sample_rate,channels",
                 "-of", "json", str(path)], timeout_s=timeout_s, on_stdout_line=out.extend)
-    if run.returncode != 0:
+    if run.returncode != 0 or _GUESSED_FORMAT in run.text:
         raise _unreadable(path, run)
     described = json.loads(out or b"{}")
     audio = next((s for s in described.get("streams", []) if s.get("codec_type") == "audio"),
@@ -328,10 +340,12 @@ def _probe_header(*, path: Path, timeout_s: float) -> AudioInfo:
 
 
 def _unreadable(path: Path, run: _Finished) -> AudioError:
-    """Why ffprobe could not open `path`: no format at all -> NotAudio; a container ffmpeg
+    """Why ffprobe could not open `path` (or only guessed): no format, or a format guessed
+    from a weak match (random bytes can pass for MP3) -> NotAudio; a container ffmpeg
     recognised (its demuxer logged a complaint) or a short read -> CorruptAudio."""
     demuxer_complained = any(" @ 0x" in line for line in run.lines)
-    if "Invalid data found when processing input" in run.text and not demuxer_complained:
+    if _GUESSED_FORMAT in run.text or (
+            "Invalid data found when processing input" in run.text and not demuxer_complained):
         return NotAudio(f"{path.name} is not a media file ffmpeg can identify")
     return CorruptAudio(f"ffmpeg cannot open {path.name}: {run.summary()}")
 
@@ -354,8 +368,8 @@ def _transcode(*, src: Path, dst: Path, output_args: list[str], allow_truncated:
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.part")
     scan = _PacketScan()
     try:
-        run = _run([ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error",
-                    "-i", str(src), *output_args, "-y", str(tmp), *_PACKET_TAP],
+        run = _run([ffmpeg, *_QUIET, "-i", str(src), *output_args, "-y", str(tmp),
+                    *_PACKET_TAP],
                    timeout_s=timeout_s, on_stdout_line=scan.feed)
         if run.returncode != 0:
             raise AudioError(f"ffmpeg failed on {src.name} (exit {run.returncode}): "

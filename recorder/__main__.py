@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from . import pipeline
 from .config import ConfigError, Settings
 from .sessions import RecorderService
 from .web import build_app
@@ -17,8 +18,15 @@ from .web import build_app
 log = logging.getLogger("recorder")
 
 
+def _finish_recording(session, *, recovered: bool = False) -> dict:
+    return pipeline.recording_finish(webm=session.path, sid=session.sid,
+                                     channel=session.channel, call_id=session.call_id)
+
+
 async def serve(settings: Settings) -> None:
     service = RecorderService(settings)
+    service.on_stopped = _finish_recording
+    pending: list[asyncio.Task] = []
     runner = web.AppRunner(build_app(service, fixtures_dir=settings.fixtures_dir),
                            access_log=None)
     await runner.setup()
@@ -27,8 +35,13 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
+        # Uploads a previous process did not finish (Storage down, crash while processing);
+        # listed before recovery marks the crashed recordings, which it processes itself.
+        retries = pipeline.recordings_to_retry(settings.recordings_dir)
         # Recovery finishes before the port opens, so a ready recorder has no stale sidecars.
         await service.open()
+        pending += [asyncio.create_task(asyncio.to_thread(pipeline.recording_finish, **item))
+                    for item in retries]
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         if settings.secret is None:
@@ -41,6 +54,8 @@ async def serve(settings: Settings) -> None:
         # Sessions stop while the server still listens: their last chunks upload to it.
         await service.close()
         await runner.cleanup()
+        for task in pending:  # an unfinished upload is retried by the next start
+            task.cancel()
 
 
 def main() -> int:

@@ -6,8 +6,9 @@ Two hooks connect the recorder to the rest of Memharbor (set them on the service
   `Session` whose `path` is the complete WebM and whose `result` is the stop answer.
   `recovered=True` means a previous recorder process crashed during this recording and this
   one marked it stopped at start-up. The media pipeline (remux, WAV, upload, Firestore)
-  belongs here. It runs after the stop answer is sent (sync hooks in a worker thread);
-  the default does nothing.
+  belongs here. A stop waits for it (sync hooks run in a worker thread) and a dict it
+  returns is merged into the stop answer; for recovered recordings it runs in the
+  background. The default does nothing; `python -m recorder` sets `pipeline`.
 - `token_provider(channel, uid) -> str` (sync or async) gives a fresh Agora token when the
   SDK reports `token-privilege-will-expire`. None (the default) means tokens are not
   renewed and the session stops when its token expires.
@@ -272,7 +273,12 @@ class RecorderService:
         session.state = "stopped"
         log.info("stopped %s reason=%s bytes=%s durationMs=%s", session.sid, reason,
                  session.result["bytes"], duration_ms)
-        self._spawn(self._call_on_stopped(session, recovered=False))
+        # The stop answer carries what the media pipeline made of the file (the seed's
+        # `filename`, `format`, `duration`, `firebase`), so it waits for the hook.
+        processed = await self._call_on_stopped(session, recovered=False)
+        if isinstance(processed, dict):
+            session.result = {**session.result, **processed}
+            self._finished[session.sid] = session.result
         return session.result
 
     @staticmethod
@@ -284,14 +290,14 @@ class RecorderService:
                 "durationMs": meta.get("durationMs"), "stopReason": meta.get("stopReason"),
                 "recovered": session.recovered, "status": "stopped"}
 
-    async def _call_on_stopped(self, session: Session, *, recovered: bool) -> None:
+    async def _call_on_stopped(self, session: Session, *, recovered: bool):
         try:
             if inspect.iscoroutinefunction(self.on_stopped):
-                await self.on_stopped(session, recovered=recovered)
-            else:
-                await asyncio.to_thread(self.on_stopped, session, recovered=recovered)
+                return await self.on_stopped(session, recovered=recovered)
+            return await asyncio.to_thread(self.on_stopped, session, recovered=recovered)
         except Exception:
             log.exception("on_stopped failed for %s", session.sid)
+            return None
 
     # -- what the page tells us ----------------------------------------------------------
 

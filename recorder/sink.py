@@ -19,7 +19,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-STATES = ("recording", "stopping", "stopped", "failed")
+# after "stopped" the media pipeline moves a recording to processing -> completed | failed
+STATES = ("recording", "stopping", "stopped", "processing", "completed", "failed")
 
 
 def utc_now() -> datetime:

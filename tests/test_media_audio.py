@@ -4,7 +4,7 @@ browser-like WebM without a duration header, the usual upload formats, and broke
 from __future__ import annotations
 
 import array
-import os
+import random
 import shutil
 import struct
 import subprocess
@@ -66,6 +66,8 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     _ffmpeg(*stereo, "-c:a", "libmp3lame", str(d / "tone.mp3"))
     _ffmpeg(*stereo, "-c:a", "libvorbis", str(d / "tone.ogg"))
     _ffmpeg(*stereo, "-c:a", "pcm_s16le", str(d / "tone_44k_stereo.wav"))
+    _ffmpeg(*_tone(LONG_TONE_MS / 1000, 44100), "-c:a", "aac", "-movflags", "+faststart",
+            str(d / "tone5_faststart.m4a"))  # index first, so a cut file still opens
     _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=2:size=160x120:rate=10", "-c:v", "libvpx",
             str(d / "video_only.webm"))
     for name in ("tone.webm", "tone5.webm", "tone.m4a", "tone.mp3", "tone.ogg",
@@ -73,15 +75,19 @@ def sources(tmp_path_factory) -> dict[str, Path]:
         s[name] = d / name
 
     (d / "empty.webm").write_bytes(b"")
-    (d / "random.bin").write_bytes(os.urandom(4096))
+    noise = random.Random(20261122).randbytes(4096)
+    for name in ("random.bin", "random.webm", "random.mp3"):  # names must not fool it
+        (d / name).write_bytes(noise)
     (d / "header_only.webm").write_bytes(s["tone5.webm"].read_bytes()[:200])
-    for name in ("tone5.webm", "tone5_live.webm"):  # a crash at 60 % of the recording
+    s["tone5_faststart.m4a"] = d / "tone5_faststart.m4a"
+    for name in ("tone5.webm", "tone5_live.webm", "tone5_faststart.m4a"):  # cut at 60 %
         data = s[name].read_bytes()
         (d / f"cut_{name}").write_bytes(data[:len(data) * 6 // 10])
     m4a = s["tone.m4a"].read_bytes()
     (d / "no_index.m4a").write_bytes(m4a[:len(m4a) // 2])  # AAC frames, no moov atom
-    for name in ("empty.webm", "random.bin", "header_only.webm", "cut_tone5.webm",
-                 "cut_tone5_live.webm", "no_index.m4a"):
+    for name in ("empty.webm", "random.bin", "random.webm", "random.mp3", "header_only.webm",
+                 "cut_tone5.webm", "cut_tone5_live.webm", "cut_tone5_faststart.m4a",
+                 "no_index.m4a"):
         s[name] = d / name
     return s
 
@@ -221,7 +227,8 @@ def test_header_duration_is_not_trusted_for_a_cut_file(sources):
     assert info.truncated
 
 
-@pytest.mark.parametrize("name", ["cut_tone5.webm", "cut_tone5_live.webm"])
+@pytest.mark.parametrize("name", ["cut_tone5.webm", "cut_tone5_live.webm",
+                                  "cut_tone5_faststart.m4a"])
 def test_recording_cut_at_60_percent_is_reported_with_its_usable_duration(sources, tmp_path,
                                                                            name):
     dst = tmp_path / "out.wav"
@@ -248,7 +255,8 @@ def test_remux_recovers_a_crashed_browser_recording(sources, tmp_path):
     assert not (tmp_path / "refused.webm").exists()
     fixed = remux(src=sources["cut_tone5_live.webm"], dst=tmp_path / "fixed.webm",
                   allow_truncated=True)
-    assert fixed.header_duration_ms is not None
+    assert fixed.truncated and fixed.header_duration_ms is not None
+    assert abs(fixed.header_duration_ms - fixed.duration_ms) <= TOLERANCE_MS
     wav = convert_to_wav(src=fixed.path, dst=tmp_path / "fixed.wav")
     assert not wav.truncated
     assert abs(wav.duration_ms - fixed.duration_ms) <= TOLERANCE_MS
@@ -257,6 +265,8 @@ def test_remux_recovers_a_crashed_browser_recording(sources, tmp_path):
 BAD_INPUTS = [
     ("empty.webm", EmptyFile, "empty_file"),
     ("random.bin", NotAudio, "not_audio"),
+    ("random.webm", NotAudio, "not_audio"),
+    ("random.mp3", NotAudio, "not_audio"),
     ("video_only.webm", NotAudio, "not_audio"),
     ("header_only.webm", CorruptAudio, "corrupt_audio"),
     ("no_index.m4a", CorruptAudio, "corrupt_audio"),

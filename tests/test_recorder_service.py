@@ -15,12 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from devstack.emulators import _http_ok, free_port, spawn, stop, wait_until
+from integrations.firebase import firestore_client
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDING_SECONDS = 5.0
@@ -138,10 +140,32 @@ def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
     assert decoded_seconds(path) == pytest.approx(RECORDING_SECONDS, abs=0.5)
     assert stopped["durationMs"] / 1000 == pytest.approx(RECORDING_SECONDS, abs=0.5)
     sidecar = recorder.sidecar(started["filename"])
-    assert sidecar["state"] == "stopped"
+    assert sidecar["state"] == "completed"
     assert (sidecar["sid"], sidecar["callId"], sidecar["uid"]) == (started["sid"], "call-1", 999999)
     assert sidecar["chunks"] == stopped["chunks"] >= 4
     assert "token" not in sidecar
+
+    # The seed's stop answer, and the speech-ready WAV in Storage with its Firestore document.
+    wav_name = started["filename"].replace(".webm", ".wav")
+    assert (stopped["filename"], stopped["format"]) == (wav_name, "wav")
+    assert (stopped["groupId"], stopped["user1"], stopped["user2"]) == ("group1", "alice", "bob")
+    assert stopped["duration"] / 1000 == pytest.approx(RECORDING_SECONDS, abs=0.5)
+    firebase = stopped["firebase"]
+    assert firebase["storagePath"] == f"recordings/{wav_name}"
+    assert firebase["firestoreId"] == started["sid"]
+    stored_wav = recorder.recordings / "downloaded.wav"
+    with urllib.request.urlopen(firebase["url"], timeout=30) as response:
+        stored_wav.write_bytes(response.read())
+    with wave.open(str(stored_wav)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+        assert wav.getnframes() / 16000 == pytest.approx(RECORDING_SECONDS, abs=0.5)
+    assert stored_wav.read_bytes()[36:40] == b"data"  # a 44-byte header
+    assert dominant_hz(stored_wav) == pytest.approx(440, rel=0.02)
+    document = firestore_client().collection("recordings").document(started["sid"]).get()
+    assert document.get("status") == "completed" and document.get("format") == "wav"
+    assert document.get("spec") == {"sampleRate": 16000, "channels": 1, "bitDepth": 16}
+    assert document.get("fileSize") == stored_wav.stat().st_size
+    assert document.get("url") == firebase["url"] and document.get("source") == "recorder"
 
     again_status, again = recorder.call("POST", f"/sessions/{started['sid']}/stop")
     assert (again_status, again) == (200, stopped)
@@ -222,12 +246,17 @@ def test_a_recording_survives_a_recorder_crash_and_is_recovered(start_recorder):
 
     restarted = start_recorder()  # same directory; recovery runs before it answers /health
     sidecar = restarted.sidecar(started["filename"])
-    assert sidecar["state"] == "stopped"
+    assert sidecar["state"] in ("stopped", "processing", "completed")
     assert sidecar["recovered"] is True
     assert sidecar["bytes"] == webm.stat().st_size
     assert sidecar["durationMs"] >= 2000
     status, result = restarted.call("POST", f"/sessions/{started['sid']}/stop")
     assert (status, result["status"], result["recovered"]) == (200, "stopped", True)
+    # ...and the partial recording is processed and stored like any other.
+    wait_until(lambda: restarted.sidecar(started["filename"])["state"] == "completed",
+               timeout=60, what="the recovered recording stored")
+    document = firestore_client().collection("recordings").document(started["sid"]).get()
+    assert document.get("status") == "completed" and document.get("duration") >= 2000
 
 
 def test_recovery_hands_each_unfinished_recording_to_on_stopped_once(tmp_path, monkeypatch):
@@ -279,7 +308,7 @@ def test_sigterm_stops_every_session_cleanly_and_exits_0(start_recorder):
 
     assert recorder.proc.wait(timeout=60) == 0
     sidecar = recorder.sidecar(started["filename"])
-    assert (sidecar["state"], sidecar["stopReason"]) == ("stopped", "shutdown")
+    assert (sidecar["state"], sidecar["stopReason"]) == ("completed", "shutdown")
     webm = recorder.recordings / started["filename"]
     assert sidecar["bytes"] == webm.stat().st_size
     assert decoded_seconds(webm) >= 1.5
@@ -296,7 +325,8 @@ def test_a_session_stops_by_itself_at_the_maximum_duration(start_recorder):
 
     result = recorder.call("GET", f"/sessions/{started['sid']}")[1]
     assert result["stopReason"] == "max_duration"
-    assert recorder.sidecar(started["filename"])["state"] == "stopped"
+    wait_until(lambda: recorder.sidecar(started["filename"])["state"] == "completed",
+               timeout=60, what="the auto-stopped recording stored")
     assert decoded_seconds(Path(result["path"])) >= 1.5
 
 
@@ -341,3 +371,34 @@ def test_idle_auto_stop_is_for_agora_sessions_nobody_is_in(tmp_path, monkeypatch
     assert reason(session("agora", users=1, quiet_for=300), now=1000) is None
     assert reason(session("tone:440", users=0, quiet_for=300), now=1000) is None
     assert reason(session("tone:440", users=0, quiet_for=0, age=100), now=1000) == "max_duration"
+
+
+def test_storage_down_at_stop_keeps_the_files_and_the_next_start_stores_them(start_recorder):
+    dead = f"http://127.0.0.1:{free_port()}"
+    recorder = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
+                              STORAGE_UPLOAD_TIMEOUT_SECONDS="2",
+                              DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    status, started = recorder.call("POST", "/sessions", {"channel": "group1_alice_bob_1",
+                                                          "source": "tone:440"})
+    assert status == 201, started
+    wait_until(lambda: recorder.sidecar(started["filename"])["chunks"] >= 2, timeout=30,
+               what="two chunks on disk")
+    status, stopped = recorder.call("POST", f"/sessions/{started['sid']}/stop")
+    assert status == 200
+    assert (stopped["status"], stopped["firebase"], stopped["error"]) == (
+        "failed", None, "storage_unavailable")
+    sidecar = recorder.sidecar(started["filename"])
+    assert (sidecar["state"], sidecar["retryCount"]) == ("failed", 1)
+    assert (recorder.recordings / started["filename"]).exists()
+    document = firestore_client().collection("recordings").document(started["sid"])
+    assert document.get().get("status") == "failed"
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=60) == 0
+
+    restarted = start_recorder()  # Storage is back
+    wait_until(lambda: restarted.sidecar(started["filename"])["state"] == "completed",
+               timeout=60, what="the retried upload")
+    stored = document.get()
+    assert (stored.get("status"), stored.get("format")) == ("completed", "wav")
+    with urllib.request.urlopen(stored.get("url"), timeout=30) as response:
+        assert response.read(4) == b"RIFF"
