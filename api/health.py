@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from ninja import Router
@@ -36,6 +37,14 @@ def _firestore_check() -> None:
     doc.get(timeout=settings.HEALTH_TIMEOUT_SECONDS, retry=None)
 
 
+def _recorder_check() -> dict | None:
+    with httpx.Client(timeout=settings.HEALTH_TIMEOUT_SECONDS) as http:
+        response = http.get(settings.RECORDER_SERVICE_URL.rstrip("/") + "/health")
+    response.raise_for_status()
+    body = response.json()
+    return {"browser": body.get("browser"), "sessions": body.get("sessions")}
+
+
 def _storage_check() -> dict | None:
     bucket = firebase.storage_bucket()
     if not bucket.exists(timeout=settings.HEALTH_TIMEOUT_SECONDS, retry=None):
@@ -50,10 +59,13 @@ def live(request: HttpRequest):
 
 @router.get("", auth=None, summary="Readiness: Firestore, Storage, recorder")
 def health(request: HttpRequest):
+    # 503 only without Firestore: the API still works without Storage or the recorder.
     firestore_future = _pool.submit(_probe, _firestore_check)
     storage_future = _pool.submit(_probe, _storage_check)
+    recorder_future = (_pool.submit(_probe, _recorder_check)
+                       if settings.RECORDER_SERVICE_URL else None)
     firestore, storage = firestore_future.result(), storage_future.result()
-    recorder = {"status": "not_configured"}
+    recorder = recorder_future.result() if recorder_future else {"status": "not_configured"}
     if firestore["status"] != "ok":
         status = "down"
     elif storage["status"] != "ok":

@@ -10,6 +10,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from api import errors
 from api.calls import router as call_router
 from api.health import router as health_router
+from api.recordings import router as recording_router
 from api.tokens import router as token_router
 
 api = NinjaAPI(
@@ -22,6 +23,7 @@ api = NinjaAPI(
 api.add_router("/health", health_router)
 api.add_router("/token", token_router)
 api.add_router("/call", call_router)
+api.add_router("/recording", recording_router)
 
 
 def _validation_message(exc: ValidationError) -> tuple[str, list[dict]]:

@@ -22,6 +22,7 @@ from api.errors import ApiError, Conflict, Forbidden, NotFound, ServiceUnavailab
 from calls import states, store
 from calls.states import Actor, Invalid, Status
 from push import services as push_services
+from recorder_bridge.services import recording_stop_for_call
 
 log = structlog.get_logger("calls")
 
@@ -53,7 +54,8 @@ def call_announce(*, call: dict, event: str) -> dict:
 
     Events: incoming_call (ring the receiver), call_cancelled / call_declined /
     call_missed (stop the receiver's phone ringing), call_ended (tell the other party),
-    call_accepted (nobody: both apps are in the call). Only the transaction that made the
+    call_accepted (nobody: both apps are in the call). A call that ends also stops its
+    recording. Only the transaction that made the
     change announces it, so a retried or raced transition never pushes twice.
     """
     log.info("call_event", call_id=call["callId"], call_event=event, status=call["status"])
@@ -61,6 +63,8 @@ def call_announce(*, call: dict, event: str) -> dict:
     if event == "incoming_call":  # ring only for what is left of the ring timeout
         left = call["createdAt"] + timedelta(seconds=ttl) - utcnow()
         ttl = max(1, int(left.total_seconds()))
+    if call["status"] in states.FINAL:  # a recording of this call ends with it
+        recording_stop_for_call(call)
     outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl)
     return outcome.call_fields() if outcome else {}
 

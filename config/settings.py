@@ -102,8 +102,14 @@ STORAGE_REQUEST_TIMEOUT_SECONDS = env.float("STORAGE_REQUEST_TIMEOUT_SECONDS", d
 STORAGE_UPLOAD_CHUNK_BYTES = env.int("STORAGE_UPLOAD_CHUNK_BYTES", default=8 * 1024 * 1024)
 STORAGE_URL_TTL_SECONDS = env.int("STORAGE_URL_TTL_SECONDS", default=7 * 24 * 3600)
 
-# Recorder service (the recorder issue fills this in)
+# Recorder service (python -m recorder)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")
+RECORDER_SECRET = env.str("RECORDER_SECRET", default="")
+RECORDER_UID = env.int("RECORDER_UID", default=999999)  # the bot's Agora uid
+RECORDER_MAX_SECONDS = env.int("RECORDER_MAX_SECONDS", default=14400)
+RECORDER_START_TIMEOUT_SECONDS = env.float("RECORDER_START_TIMEOUT_SECONDS", default=30)
+# A stop answers after conversion and upload: allow for a long call.
+RECORDER_STOP_TIMEOUT_SECONDS = env.float("RECORDER_STOP_TIMEOUT_SECONDS", default=300)
 
 # Logging
 LOG_DIR = Path(env.str("LOG_DIR", default=str(BASE_DIR / "logs")))

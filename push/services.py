@@ -15,7 +15,8 @@ from google.cloud import firestore
 
 from integrations.firebase import firestore_client
 from push import payloads
-from push.apns import PRODUCTION_URL as APNS_PRODUCTION, SANDBOX_URL as APNS_SANDBOX
+from push.apns import PRODUCTION_URL as APNS_PRODUCTION
+from push.apns import SANDBOX_URL as APNS_SANDBOX
 from push.apns import ApnsClient
 from push.fcm import PRODUCTION_URL as FCM_PRODUCTION
 from push.fcm import FcmClient

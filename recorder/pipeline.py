@@ -97,7 +97,8 @@ def recording_finish(*, webm: Path, sid: str, channel: str, call_id: str | None)
     started = meta.get("startedAt")
     now = datetime.now(timezone.utc)
     document = {
-        "sid": sid, "callId": call_id, "channel": channel, **_parties(channel, call),
+        "sid": sid, "callId": call_id, "channel": channel, **(parties := _parties(channel, call)),
+        "participants": [uid for uid in (parties["user1"], parties["user2"]) if uid],
         "filename": filename, "format": fmt, "duration": duration_ms,
         "fileSize": upload.stat().st_size, "sha256": _sha256(upload),
         "spec": SPEC if fmt == "wav" else None, "source": "recorder",

@@ -110,6 +110,23 @@ def bearer(securetoken):
     return make
 
 
+@pytest.fixture
+def as_user(client, bearer):
+    """`as_user("bob").post("/api/call/answer", {...})` / `.get(path)`."""
+
+    class User:
+        def __init__(self, uid: str, admin: bool = False):
+            self.headers = bearer(uid, admin=admin)
+
+        def post(self, path: str, body, headers: dict | None = None):
+            return post_json(client, path, body, {**self.headers, **(headers or {})})
+
+        def get(self, path: str):
+            return client.get(path, headers=self.headers)
+
+    return User
+
+
 def post_json(client: Client, path: str, body, headers: dict | None = None):
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
     return client.post(path, data=data, content_type="application/json",

@@ -18,23 +18,6 @@ INVITE = {"group_id": "group1", "caller_id": "alice", "receiver_id": "bob",
           "receiver_name_snapshot": "김영옥"}
 
 
-@pytest.fixture
-def as_user(client, bearer):
-    """`as_user("bob").post("/api/call/answer", {...})` / `.get(path)`."""
-
-    class User:
-        def __init__(self, uid: str, admin: bool = False):
-            self.headers = bearer(uid, admin=admin)
-
-        def post(self, path: str, body, headers: dict | None = None):
-            return post_json(client, path, body, {**self.headers, **(headers or {})})
-
-        def get(self, path: str):
-            return client.get(path, headers=self.headers)
-
-    return User
-
-
 def invite(as_user, **overrides) -> dict:
     body = {**INVITE, **overrides}
     response = as_user(body["caller_id"]).post("/api/call/invite", body)

@@ -14,9 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from media.audio import (AudioError, CorruptAudio, EmptyFile, FfmpegMissing, InvalidWav,
-                         MissingFile, NotAudio, TruncatedAudio, convert_to_wav, probe, remux,
-                         validate_wav)
+from media.audio import (
+    AudioError,
+    CorruptAudio,
+    EmptyFile,
+    FfmpegMissing,
+    InvalidWav,
+    MissingFile,
+    NotAudio,
+    TruncatedAudio,
+    convert_to_wav,
+    probe,
+    remux,
+    validate_wav,
+)
 
 TONE_MS = 3000
 LONG_TONE_MS = 5000

@@ -13,7 +13,7 @@ from django.conf import settings
 from integrations.firebase import firestore_client
 from push import services as push_services
 from tests.conftest import APNS_BUNDLE, post_json
-from tests.test_calls import INVITE, age, as_user, invite, stored  # noqa: F401 (fixture)
+from tests.test_calls import INVITE, age, invite, stored
 
 VOIP_TOKEN = "ab" * 32
 FCM_TOKEN = "fcm-registration-token-of-bob"

@@ -1,0 +1,61 @@
+"""Recording endpoints (the seed's paths and shapes): start/stop the recorder bot on a
+call's channel, active sessions, stored recordings."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja import Query, Router, Schema
+from pydantic import Field, model_validator
+
+from api.auth import user_auth
+from api.tokens import agora_name
+from recorder_bridge import services
+
+router = Router(tags=["recordings"], auth=user_auth)
+
+
+class StartIn(Schema):
+    channel: str = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _agora_channel(self):
+        agora_name(self.channel, what="channel", max_bytes=64)
+        return self
+
+
+class StopIn(Schema):
+    sid: str | None = Field(None, pattern=r"^[A-Za-z0-9\-]{1,64}$")
+    channel: str | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.sid is None) == (self.channel is None):
+            raise ValueError("send exactly one of sid or channel")
+        return self
+
+
+class ListIn(Schema):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+@router.post("/start", summary="Start recording the call on a channel")
+def start(request: HttpRequest, payload: StartIn):
+    return services.recording_start(principal=request.principal, channel=payload.channel)
+
+
+@router.post("/stop", summary="Stop a recording; answers when the WAV is stored")
+def stop(request: HttpRequest, payload: StopIn):
+    return services.recording_stop(principal=request.principal, sid=payload.sid,
+                                   channel=payload.channel)
+
+
+@router.get("/status", summary="Recording sessions in progress")
+def status(request: HttpRequest):
+    return {"sessions": services.recordings_active(principal=request.principal)}
+
+
+@router.get("/list", summary="Stored recordings, newest first")
+def recordings(request: HttpRequest, params: Query[ListIn]):
+    return services.recordings_list(principal=request.principal, limit=params.limit,
+                                    cursor=params.cursor)

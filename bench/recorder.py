@@ -1,0 +1,445 @@
+"""Benchmark the recorder: memory (PSS) and CPU of ONE `python -m recorder` process and its
+whole process tree (Playwright driver, Chromium browser, zygotes, renderers, utility
+processes) with 1, 5, 10 and 20 concurrent `tone:<hz>` recordings, against the idle
+baseline, and how much audio each recording lost against the wall time it ran.
+
+    .venv/bin/python -m bench.recorder [--sessions 1,5,10,20] [--settle 15] [--window 10]
+
+Per level: start N sessions (one after the other, each with its own frequency), let them
+record for --settle seconds, then measure over --window seconds: PSS (`Pss:` of
+`/proc/<pid>/smaps_rollup`, summed over the tree, mean of samples; RSS sums would count
+shared pages once per process) and CPU (utime+stime+cutime+cstime of the tree from
+`/proc/<pid>/stat`, delta over the window / wall / nproc). Then every session is stopped at
+once (the stop runs the real pipeline: remux, WAV, upload to the Storage emulator,
+Firestore emulator) and each WebM is decoded: loss = wall time between the 201 of its start
+and the sending of its stop - decoded duration. The page starts recording before the 201
+and stops after the stop request arrives, so this loss is a lower bound.
+
+Prints a table and a Markdown block for BENCHMARKS.md. Stops every process it started
+(the recorder's process group and Chromium's, which Playwright puts in its own group) and
+removes its recordings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.stack import PROJECT_ID, machine_info
+from devstack.emulators import Emulators, _http_ok, free_port, spawn, stop, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NPROC = os.cpu_count() or 1
+
+
+# -- the process tree ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    pgid: int
+    start: int  # starttime in clock ticks since boot: (pid, start) names a process
+    ticks: int  # utime + stime + cutime + cstime
+
+
+def _read_stat(pid: int) -> Proc | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state): ppid 4, pgrp 5, utime 14, stime 15, cutime 16, cstime 17,
+    # starttime 22.
+    return Proc(pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), start=int(rest[19]),
+                ticks=sum(int(v) for v in rest[11:15]))
+
+
+def tree(root: int) -> list[Proc]:
+    """`root` and all its descendants now."""
+    procs = [p for p in (_read_stat(int(d)) for d in os.listdir("/proc") if d.isdigit()) if p]
+    children: dict[int, list[Proc]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p)
+    found = [p for p in procs if p.pid == root]
+    i = 0
+    while i < len(found):
+        found += children.get(found[i].pid, [])
+        i += 1
+    return found
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def kind(pid: int) -> str:
+    """What a process of the tree is, for the breakdown."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    args = [a.decode(errors="replace") for a in argv if a]
+    if len(args) == 1:  # Chromium rewrites its argv into one space-separated string
+        args = args[0].split(" ")
+    joined = " ".join(args)
+    if "-m recorder" in joined or (len(args) > 2 and args[1:3] == ["-m", "recorder"]):
+        return "recorder"
+    for arg in args:
+        if arg.startswith("--type="):
+            return arg.split("=", 1)[1]
+    if args and "chrom" in Path(args[0]).name:
+        return "browser"
+    if len(args) > 1 and "chrom" in Path(args[1]).name:
+        return "chromium-wrapper"
+    if "playwright" in joined:
+        return "playwright"
+    return Path(args[0]).name if args else "?"
+
+
+# -- the recorder -------------------------------------------------------------------------
+
+@dataclass
+class Recorder:
+    base: str
+    secret: str
+    proc: subprocess.Popen
+    log: Path
+    seen: dict = field(default_factory=dict)  # (pid, start) -> pgid of every tree member
+
+    def call(self, method: str, path: str, body=None, *, timeout: float = 120):
+        headers = {"Content-Type": "application/json", "X-Recorder-Secret": self.secret}
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def tree(self) -> list[Proc]:
+        procs = tree(self.proc.pid)
+        for p in procs:
+            self.seen[(p.pid, p.start)] = p.pgid
+        return procs
+
+    def kill_leftovers(self) -> list[int]:
+        """SIGKILL the process groups (then processes) of tree members still alive after the
+        recorder stopped (Chromium runs in its own group). Only processes this run saw."""
+        own = os.getpgrp()
+        alive = {key: pgid for key, pgid in self.seen.items()
+                 if (p := _read_stat(key[0])) is not None and p.start == key[1]}
+        for pgid in sorted(set(alive.values()) - {own}):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        for pid, _start in alive:
+            p = _read_stat(pid)
+            if p is not None and p.start == _start:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        return sorted(pid for pid, _ in alive)
+
+
+def start_recorder(workdir: Path, emulators: Emulators) -> Recorder:
+    port, secret = free_port(), secrets.token_urlsafe(24)
+    env = {**os.environ, **emulators.env(),
+           # Production-like Django settings for the pipeline (debug off, throwaway secrets).
+           "MEMHARBOR_DEBUG": "0", "MEMHARBOR_SECRET_KEY": secrets.token_urlsafe(32),
+           "AGORA_APP_ID": secrets.token_hex(16), "AGORA_APP_CERT": secrets.token_hex(16),
+           "AUTH_MODE": "firebase", "LOG_DIR": str(workdir), "LOG_LEVEL": "WARNING",
+           "RECORDER_HOST": "127.0.0.1", "RECORDER_PORT": str(port),
+           "RECORDER_SECRET": secret, "RECORDINGS_DIR": str(workdir / "recordings"),
+           "PYTHONPATH": str(ROOT)}
+    for name in ("DJANGO_SETTINGS_MODULE", "RECORDER_ALLOW_NO_SECRET", "RECORDER_MAX_SECONDS"):
+        env.pop(name, None)
+    log = workdir / "recorder.log"
+    proc = spawn([sys.executable, "-m", "recorder"], log_path=log, env=env)
+    recorder = Recorder(base=f"http://127.0.0.1:{port}", secret=secret, proc=proc, log=log)
+    wait_until(lambda: _http_ok(f"{recorder.base}/health"), timeout=60, what="recorder",
+               proc=proc, log_path=log)
+    recorder.tree()
+    return recorder
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+def measure(recorder: Recorder, *, window: float, every: float = 2.0) -> dict:
+    """PSS (mean of samples) and CPU % of all cores of the recorder's tree over `window`."""
+    first = recorder.tree()
+    t0 = time.monotonic()
+    samples: list[int] = []
+    breakdown: dict[str, list[int]] = {}
+    while True:
+        procs = recorder.tree()
+        per = {p.pid: pss_kb(p.pid) for p in procs}
+        samples.append(sum(per.values()))
+        if len(samples) == 1:
+            for pid, kb in per.items():
+                breakdown.setdefault(kind(pid), []).append(kb)
+        left = window - (time.monotonic() - t0)
+        if left <= 0:
+            break
+        time.sleep(min(every, left))
+    last = recorder.tree()
+    wall = time.monotonic() - t0
+    cpu_s = (sum(p.ticks for p in last) - sum(p.ticks for p in first)) / CLK_TCK
+    return {"pss_mb": statistics.mean(samples) / 1024, "pss_max_mb": max(samples) / 1024,
+            "cpu_pct": cpu_s / wall / NPROC * 100, "wall": wall, "procs": len(last),
+            "load1": os.getloadavg()[0],  # the whole machine's, to spot other work running
+            "breakdown": {k: (len(v), sum(v) / 1024) for k, v in sorted(breakdown.items())}}
+
+
+def decoded_seconds(path: Path) -> float | None:
+    """Decode the whole file to null; the last `time=` is the audio's duration."""
+    result = subprocess.run(["ffmpeg", "-nostdin", "-i", str(path), "-f", "null", "-"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
+    if result.returncode != 0 or not times:
+        return None
+    h, m, s = times[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def packet_seconds(path: Path) -> tuple[float, float]:
+    """(sum of packet durations, span first pts .. last pts + duration) from ffprobe."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                          "packet=pts_time,duration_time", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, timeout=120, check=False).stdout
+    total, first, end = 0.0, None, None
+    for line in out.splitlines():
+        parts = [p for p in line.strip().split(",") if p]
+        try:
+            pts, dur = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            continue
+        total += dur
+        first = pts if first is None else min(first, pts)
+        end = pts + dur if end is None else max(end, pts + dur)
+    return total, (end - first) if first is not None else 0.0
+
+
+# -- one level ----------------------------------------------------------------------------
+
+_hz = iter(range(300, 20000, 37))  # a distinct tone for every session of the run
+
+
+def start_sessions(recorder: Recorder, n: int, tag: str) -> list[dict]:
+    started = []
+    for i in range(n):
+        hz = next(_hz)
+        t_sent = time.monotonic()
+        status, body = recorder.call("POST", "/sessions", {
+            "channel": f"bench_{tag}_{i}_{hz}hz", "uid": 1000 + i, "source": f"tone:{hz}"})
+        if status != 201:
+            raise SystemExit(f"start {i + 1}/{n} answered {status}: {body}")
+        started.append({"sid": body["sid"], "hz": hz, "t_started": time.monotonic(),
+                        "start_s": time.monotonic() - t_sent})
+    return started
+
+
+def stop_sessions(recorder: Recorder, sessions: list[dict]) -> list[dict]:
+    """Stop every session at once; each stop answers after the pipeline stored it."""
+    def one(s: dict) -> dict:
+        s["t_stop_sent"] = time.monotonic()
+        status, body = recorder.call("POST", f"/sessions/{s['sid']}/stop", timeout=300)
+        s["stop_answer_s"] = time.monotonic() - s["t_stop_sent"]
+        if status != 200:
+            raise SystemExit(f"stop of {s['sid']} answered {status}: {body}")
+        return {**s, **body}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(sessions))) as pool:
+        return list(pool.map(one, sessions))
+
+
+def check_recordings(stopped: list[dict]) -> dict:
+    losses, details = [], []
+    for s in stopped:
+        path = Path(s["path"])
+        wall = s["t_stop_sent"] - s["t_started"]
+        decoded = decoded_seconds(path)
+        content, span = packet_seconds(path)
+        if decoded is None:
+            losses.append(wall)
+        else:
+            losses.append(wall - decoded)
+        details.append({"hz": s["hz"], "wall": wall, "decoded": decoded, "packets": content,
+                        "span": span, "wav_s": (s.get("duration") or 0) / 1000,
+                        "status": s.get("status"), "format": s.get("format"),
+                        "chunks": s.get("chunks")})
+    return {"worst_loss": max(losses), "best_loss": min(losses),
+            "mean_loss": statistics.mean(losses),
+            "worst_packet_loss": max(d["wall"] - d["packets"] for d in details),
+            "not_stored": sum(1 for d in details if d["status"] != "stopped"
+                              or d["format"] != "wav"),
+            "undecodable": sum(1 for d in details if d["decoded"] is None),
+            "details": details}
+
+
+def run_level(recorder: Recorder, n: int, *, settle: float, window: float) -> dict:
+    t0 = time.monotonic()
+    sessions = start_sessions(recorder, n, tag=f"n{n}")
+    start_wall = time.monotonic() - t0
+    health = recorder.call("GET", "/health")[1]
+    time.sleep(settle)
+    stats = measure(recorder, window=window)
+    t1 = time.monotonic()
+    stopped = stop_sessions(recorder, sessions)
+    stop_wall = time.monotonic() - t1
+    checked = check_recordings(stopped)
+    left = recorder.call("GET", "/sessions")[1]["sessions"]
+    if left:
+        raise SystemExit(f"{len(left)} sessions still active after stopping all")
+    return {"n": n, **stats, **checked, "contexts": health.get("contexts"),
+            "start_all_s": start_wall,
+            "start_max_s": max(s["start_s"] for s in sessions),
+            "stop_all_s": stop_wall}
+
+
+# -- main ---------------------------------------------------------------------------------
+
+def chromium_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["chromium", "--version"], capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+        if out:
+            return out.splitlines()[-1]
+    return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", default="1,5,10,20", help="levels, comma-separated")
+    parser.add_argument("--settle", type=float, default=15.0,
+                        help="seconds of steady recording before the window (default 15)")
+    parser.add_argument("--window", type=float, default=10.0,
+                        help="measurement window in seconds (default 10)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.sessions.split(",") if x.strip()]
+    for tool in ("chromium", "ffmpeg", "ffprobe"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench.recorder needs {tool} (apt-get install chromium ffmpeg)")
+
+    began = time.monotonic()
+    began_utc = dt.datetime.now(dt.timezone.utc)
+    workdir = Path(tempfile.mkdtemp(prefix="memharbor-bench-recorder-"))
+    emulators = Emulators(project_id=PROJECT_ID, bucket=f"{PROJECT_ID}.appspot.com",
+                          log_dir=workdir)
+    recorder = None
+    results: list[dict] = []
+    try:
+        emulators.start()
+        recorder = start_recorder(workdir, emulators)
+        print(f"recorder up ({time.monotonic() - began:.1f} s); warming up", file=sys.stderr,
+              flush=True)
+        # Warm-up: the browser is up and the pipeline (Django, Firebase clients) is loaded.
+        warm = start_sessions(recorder, 1, tag="warmup")
+        time.sleep(3)
+        warmed = stop_sessions(recorder, warm)[0]
+        if warmed.get("status") != "stopped":
+            raise SystemExit(f"the warm-up recording was not stored: {warmed}")
+        time.sleep(2)
+        idle = measure(recorder, window=args.window)
+        idle.update(n=0)
+        print(f"idle: {idle['pss_mb']:.0f} MB PSS, {idle['cpu_pct']:.1f} % CPU",
+              file=sys.stderr, flush=True)
+        for n in levels:
+            result = run_level(recorder, n, settle=args.settle, window=args.window)
+            results.append(result)
+            print(f"{n} sessions: {result['pss_mb']:.0f} MB PSS, {result['cpu_pct']:.1f} % CPU, "
+                  f"worst loss {result['worst_loss']:.2f} s "
+                  f"({time.monotonic() - began:.0f} s elapsed)", file=sys.stderr, flush=True)
+    finally:
+        leftovers: list[int] = []
+        if recorder is not None:
+            # SIGTERM to the recorder only, as Docker does: it stops its sessions and closes
+            # Chromium itself. Then its process group, then whatever the tree left behind.
+            with contextlib.suppress(ProcessLookupError):
+                recorder.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                recorder.proc.wait(timeout=60)
+            stop(recorder.proc, grace=10)
+            time.sleep(0.5)
+            leftovers = recorder.kill_leftovers()
+        emulators.stop()
+        if leftovers:
+            print(f"killed leftover processes: {leftovers}", file=sys.stderr)
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total = time.monotonic() - began
+
+    info = machine_info()
+    per_session = lambda r: (r["pss_mb"] - idle["pss_mb"]) / r["n"]  # noqa: E731
+    table = [
+        "| sessions | PSS total MB | PSS per session above idle MB | CPU % of "
+        f"{NPROC} cores | worst recording loss s | renderers | contexts |",
+        "|---|---|---|---|---|---|---|",
+        f"| 0 (idle) | {idle['pss_mb']:.0f} | - | {idle['cpu_pct']:.1f} | - "
+        f"| {idle['breakdown'].get('renderer', (0, 0))[0]} | 0 |",
+    ]
+    for r in results:
+        table.append(f"| {r['n']} | {r['pss_mb']:.0f} | {per_session(r):.1f} "
+                     f"| {r['cpu_pct']:.1f} | {r['worst_loss']:.2f} "
+                     f"| {r['breakdown'].get('renderer', (0, 0))[0]} | {r['contexts']} |")
+    lines = [
+        f"Command: `.venv/bin/python -m bench.recorder --sessions {args.sessions} "
+        f"--settle {args.settle:g} --window {args.window:g}`",
+        "",
+        f"Machine: {info['nproc']} cores ({info['cpu']}), {info['mem']} RAM, Python "
+        f"{info['python']}, {chromium_version()}; {began_utc:%Y-%m-%d %H:%M} UTC; "
+        f"run took {total:.0f} s.",
+        "",
+        *table,
+        "",
+        "PSS: mean of samples every 2 s over the window, summed over the recorder and every "
+        "descendant (Playwright driver, Chromium browser, zygotes, renderers, utility "
+        "processes). CPU: utime+stime (+ reaped children) of the same tree over the window / "
+        f"wall / {NPROC}. Loss: wall time from the start's 201 to the stop request minus the "
+        "decoded duration of the WebM (a lower bound; worst session of the level).",
+        "",
+        "| sessions | PSS max MB | loss min / mean / worst s | worst wall - packet sum s "
+        "| stored as WAV | start slowest s | stop all (pipeline incl.) s | load avg 1 min |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| 0 | {idle['pss_max_mb']:.0f} | - | - | - | - | - | {idle['load1']:.2f} |",
+    ]
+    for r in results:
+        lines.append(f"| {r['n']} | {r['pss_max_mb']:.0f} | {r['best_loss']:.2f} / "
+                     f"{r['mean_loss']:.2f} / {r['worst_loss']:.2f} "
+                     f"| {r['worst_packet_loss']:.2f} | {r['n'] - r['not_stored']}/{r['n']} "
+                     f"| {r['start_max_s']:.2f} | {r['stop_all_s']:.1f} | {r['load1']:.2f} |")
+    lines += ["", "PSS by process kind (count, MB) at the window's start:", ""]
+    for r in [idle, *results]:
+        parts = ", ".join(f"{k} {c}x {mb:.0f}" for k, (c, mb) in r["breakdown"].items())
+        lines.append(f"- {r['n']} sessions: {parts}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
