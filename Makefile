@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The recorder's page loads the Agora Web SDK from this npm package (served locally).
 RECORDER_ASSETS := recorder/node_modules/.package-lock.json
 
-.PHONY: run test deps bench clean
+.PHONY: run demo test deps bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ run: $(STAMP)
 	scripts/system-deps.sh run
 	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
 	$(PY) -m devstack
+
+demo: $(STAMP)
+	scripts/system-deps.sh run
+	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
+	$(PY) -m devstack demo
 
 test: $(STAMP)
 	scripts/system-deps.sh test

@@ -3,6 +3,7 @@ call's channel, active sessions, stored recordings."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpRequest
 from ninja import Query, Router, Schema
 from pydantic import Field, model_validator
@@ -16,10 +17,14 @@ router = Router(tags=["recordings"], auth=user_auth)
 
 class StartIn(Schema):
     channel: str = Field(min_length=1, max_length=64)
+    # Development only: record a local tone instead of joining Agora (make demo).
+    source: str | None = Field(None, pattern=r"^tone:\d{2,5}$")
 
     @model_validator(mode="after")
     def _agora_channel(self):
         agora_name(self.channel, what="channel", max_bytes=64)
+        if self.source is not None and not settings.DEBUG:
+            raise ValueError("source is only accepted in local development mode")
         return self
 
 
@@ -41,7 +46,8 @@ class ListIn(Schema):
 
 @router.post("/start", summary="Start recording the call on a channel")
 def start(request: HttpRequest, payload: StartIn):
-    return services.recording_start(principal=request.principal, channel=payload.channel)
+    return services.recording_start(principal=request.principal, channel=payload.channel,
+                                    source=payload.source or "agora")
 
 
 @router.post("/stop", summary="Stop a recording; answers when the WAV is stored")

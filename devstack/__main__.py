@@ -1,6 +1,8 @@
-"""`python -m devstack`: the whole local stack in one command (what `make run` runs).
+"""`python -m devstack [demo]`: the whole local stack in one command (`make run`).
 
-Firestore emulator + fake-gcs-server (with the bucket) + gunicorn, all on 127.0.0.1.
+Firestore emulator + fake-gcs-server (with the bucket) + the recorder (headless Chromium)
++ gunicorn, all on 127.0.0.1. With `demo` (`make demo`) it also runs one whole call with
+a tone instead of Agora, prints the stored WAV's URL and spec, and stops.
 Local development defaults fill in whatever `.env` and the environment leave unset, and
 are printed. Ctrl-C / SIGTERM stops everything; nothing is left listening.
 """
@@ -32,6 +34,9 @@ DEV_DEFAULTS = {
     "FIRESTORE_PORT": "8080",
     "STORAGE_PORT": "9199",
     "GUNICORN_BIND": "127.0.0.1:8000",
+    "RECORDER_PORT": "3100",
+    "RECORDER_SECRET": "local-recorder-secret",
+    "RECORDINGS_DIR": str(ROOT / "recordings"),
 }
 
 
@@ -39,7 +44,40 @@ def _say(message: str) -> None:
     print(f"[devstack] {message}", flush=True)
 
 
+def run_demo(base: str) -> int:
+    """One whole call through the API: invite, accept, record a 440 Hz tone for 5 s (no
+    Agora here), hang up; print where the WAV is stored and what it is."""
+    import json
+    import urllib.request
+
+    def api(method: str, path: str, uid: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(
+            f"{base}/api{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer dev:{uid}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.load(response)
+
+    call = api("POST", "/call/invite", "alice", {"group_id": "demo", "caller_id": "alice",
+                                                 "receiver_id": "bob", "caller_name": "Alice"})
+    _say(f"invited: call {call['callId']} on channel {call['channelName']}")
+    api("POST", "/call/answer", "bob", {"call_id": call["callId"], "action": "accept"})
+    _say("bob accepted; recording a 440 Hz tone for 5 s ...")
+    api("POST", "/recording/start", "alice", {"channel": call["channelName"],
+                                              "source": "tone:440"})
+    time.sleep(5)
+    stopped = api("POST", "/recording/stop", "alice", {"channel": call["channelName"]})
+    ended = api("POST", "/call/end", "alice", {"call_id": call["callId"]})
+    _say(f"call ended after {ended['durationSeconds']} s")
+    firebase = stopped.get("firebase") or {}
+    _say(f"stored WAV: {firebase.get('url')}")
+    _say(f"  path {firebase.get('storagePath')}, format {stopped.get('format')}, "
+         f"duration {stopped.get('duration')} ms, spec 16000 Hz mono 16-bit")
+    return 0 if firebase.get("url") else 1
+
+
 def main() -> int:
+    demo = sys.argv[1:] == ["demo"]
     environ.Env.read_env(ROOT / ".env")
     defaulted = [k for k in DEV_DEFAULTS if not os.environ.get(k)]
     for key in defaulted:
@@ -67,11 +105,17 @@ def main() -> int:
         storage_port=int(os.environ["STORAGE_PORT"]),
         rules=ROOT / "firestore.rules",
     )
-    gunicorn = None
+    gunicorn = recorder = None
     try:
         _say("starting the Firestore emulator and fake-gcs-server ...")
         emulators.start()
-        env = {**os.environ, **emulators.env()}
+        env = {**os.environ, **emulators.env(),
+               "RECORDER_SERVICE_URL": f"http://127.0.0.1:{os.environ['RECORDER_PORT']}"}
+        _say("starting the recorder (headless Chromium) ...")
+        recorder = spawn([sys.executable, "-m", "recorder"], env={**env, "RECORDER_HOST": "127.0.0.1"},
+                         log_path=log_dir / "recorder.log")
+        wait_until(lambda: _http_ok(f"{env['RECORDER_SERVICE_URL']}/health"), timeout=60,
+                   what="the recorder", proc=recorder, log_path=log_dir / "recorder.log")
         gunicorn = spawn([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
                           "config.wsgi:application"], log_path=None, env=env)
         base = "http://" + env["GUNICORN_BIND"]
@@ -79,11 +123,16 @@ def main() -> int:
                    what="gunicorn", proc=gunicorn)
         _say(f"Firestore emulator  {emulators.firestore_host}")
         _say(f"Storage emulator    {emulators.storage_url} (bucket {emulators.bucket})")
+        _say(f"Recorder            {env['RECORDER_SERVICE_URL']} (recordings in {env['RECORDINGS_DIR']})")
         _say(f"API                 {base}/api/  (docs {base}/api/docs)")
         _say(f"logs                {log_dir}/api.log and *-emulator.log (requests are also printed here)")
+        if demo:
+            return run_demo(base)
         _say("ready; Ctrl-C stops everything")
+        watched = ((gunicorn, "gunicorn"), (recorder, "the recorder"),
+                   *((p, "an emulator") for p in emulators.procs))
         while not stopping:
-            for proc, name in ((gunicorn, "gunicorn"), *((p, "an emulator") for p in emulators.procs)):
+            for proc, name in watched:
                 if proc.poll() is not None:
                     _say(f"{name} exited with {proc.returncode}; see logs/ - stopping")
                     return 1
@@ -95,6 +144,7 @@ def main() -> int:
         return 2
     finally:
         stop(gunicorn)
+        stop(recorder, grace=30)
         emulators.stop()
         _say("stopped")
 

@@ -23,7 +23,7 @@ def _participant(call: dict | None, principal: Principal) -> bool:
     return bool(call) and principal.uid in (call["callerId"], call["receiverId"])
 
 
-def recording_start(*, principal: Principal, channel: str) -> dict:
+def recording_start(*, principal: Principal, channel: str, source: str = "agora") -> dict:
     """Send the recorder bot into the active call on `channel` (a participant or an admin);
     its Agora token is made here, for uid RECORDER_UID, as an audience member."""
     calls = store.calls_on_channel(channel)
@@ -41,7 +41,7 @@ def recording_start(*, principal: Principal, channel: str) -> dict:
     started = recorder_call("POST", "/sessions", timeout=settings.RECORDER_START_TIMEOUT_SECONDS,
                             json={"channel": channel, "uid": settings.RECORDER_UID,
                                   "token": token.token, "callId": call["callId"],
-                                  "source": "agora"})
+                                  "source": source})
     store.call_update(call["callId"], {"recordingId": started["sid"]})
     return {"sid": started["sid"], "channel": channel, "uid": started.get("uid"),
             "filename": started.get("filename"), "status": "recording"}

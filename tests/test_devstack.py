@@ -42,12 +42,15 @@ def _post(url: str, body: dict) -> dict:
 
 
 def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
-    ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port()}
+    ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port(),
+             "RECORDER_PORT": free_port()}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MEMHARBOR_", "AGORA_", "FIREBASE_", "FIRESTORE_", "STORAGE_",
                                 "AUTH_MODE", "OPS_API_KEY", "DJANGO_SETTINGS_MODULE"))}
     env.update(FIRESTORE_PORT=str(ports["FIRESTORE_PORT"]), STORAGE_PORT=str(ports["STORAGE_PORT"]),
-               GUNICORN_BIND=f"127.0.0.1:{ports['API']}", LOG_DIR=str(tmp_path))
+               GUNICORN_BIND=f"127.0.0.1:{ports['API']}", LOG_DIR=str(tmp_path),
+               RECORDER_PORT=str(ports["RECORDER_PORT"]),
+               RECORDINGS_DIR=str(tmp_path / "recordings"))
     proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     output = []
@@ -65,7 +68,8 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         assert "local development defaults in use" in text and "DEV AUTH IS ON" in text
         base = f"http://127.0.0.1:{ports['API']}"
         with urllib.request.urlopen(f"{base}/api/health", timeout=10) as response:
-            assert json.load(response)["status"] == "ok"
+            health = json.load(response)
+        assert health["status"] == "ok" and health["recorder"]["status"] == "ok"
         # The README's lines: invite as alice (dev auth), then a token for that channel.
         invite = _post(f"{base}/api/call/invite", {
             "group_id": "group1", "caller_id": "alice", "receiver_id": "bob"})
@@ -73,7 +77,7 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         token = _post(f"{base}/api/token", {"channel": invite["channelName"], "uid": 12345})
         assert token["token"].startswith("007")
         children = _children_of(proc.pid)
-        assert len(children) >= 3  # java, fake-gcs-server, gunicorn
+        assert len(children) >= 4  # java, fake-gcs-server, the recorder, gunicorn
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
