@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The recorder's page loads the Agora Web SDK from this npm package (served locally).
 RECORDER_ASSETS := recorder/node_modules/.package-lock.json
 
-.PHONY: run demo test deps bench clean
+.PHONY: run demo test deps stack-deps bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,14 +19,15 @@ $(RECORDER_ASSETS): recorder/package.json recorder/package-lock.json
 
 deps: $(STAMP)
 
-run: $(STAMP)
+# Debian packages first: the recorder's npm package needs npm.
+stack-deps: $(STAMP)
 	scripts/system-deps.sh run
 	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
+
+run: stack-deps
 	$(PY) -m devstack
 
-demo: $(STAMP)
-	scripts/system-deps.sh run
-	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
+demo: stack-deps
 	$(PY) -m devstack demo
 
 test: $(STAMP)
