@@ -37,9 +37,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	scripts/system-deps.sh bench
+	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
 	$(PY) -m bench.token
 	$(PY) -m bench.calls
 	$(PY) -m bench.push
+	$(PY) -m bench.media
+	$(PY) -m bench.recorder
 
 clean:
 	rm -rf $(VENV) .pytest_cache

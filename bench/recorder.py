@@ -15,6 +15,10 @@ Firestore emulator) and each WebM is decoded: loss = wall time between the 201 o
 and the sending of its stop - decoded duration. The page starts recording before the 201
 and stops after the stop request arrives, so this loss is a lower bound.
 
+PSS splits shared pages over every process mapping them machine-wide, so another Chromium
+running meanwhile (tests, CI) lowers ours: the block counts those ("other Chromium", 0 for
+a clean run) and also gives USS (private pages only), which does not depend on them.
+
 Prints a table and a Markdown block for BENCHMARKS.md. Stops every process it started
 (the recorder's process group and Chromium's, which Playwright puts in its own group) and
 removes its recordings.
@@ -57,6 +61,7 @@ class Proc:
     pid: int
     ppid: int
     pgid: int
+    state: str
     start: int  # starttime in clock ticks since boot: (pid, start) names a process
     ticks: int  # utime + stime + cutime + cstime
 
@@ -69,7 +74,8 @@ def _read_stat(pid: int) -> Proc | None:
     rest = text[text.rindex(")") + 2:].split()
     # rest[0] is field 3 (state): ppid 4, pgrp 5, utime 14, stime 15, cutime 16, cstime 17,
     # starttime 22.
-    return Proc(pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), start=int(rest[19]),
+    return Proc(pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), state=rest[0],
+                start=int(rest[19]),
                 ticks=sum(int(v) for v in rest[11:15]))
 
 
@@ -87,14 +93,40 @@ def tree(root: int) -> list[Proc]:
     return found
 
 
-def pss_kb(pid: int) -> int:
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(PSS, USS = Private_Clean + Private_Dirty) of one process, in kB.
+
+    PSS divides each shared page by the number of processes mapping it machine-wide, so
+    another Chromium running on the machine (a test, a CI job) lowers ours: Chromium's
+    binary text is shared with it. USS does not depend on other processes."""
+    pss = uss = 0
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
-                return int(line.split()[1])
+                pss = int(line.split()[1])
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                uss += int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return pss, uss
+
+
+def foreign_chromium(ours: set[int]) -> int:
+    """Chromium processes on this machine outside the recorder's tree (they share pages
+    with ours and so lower our PSS)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in ours:
+            continue
+        try:
+            exe = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        # crashpad handlers are a separate binary (ours too: they double-fork out of the
+        # tree; about 3 MB PSS for the pair, not counted)
+        if exe == b"/usr/lib/chromium/chromium":
+            count += 1
+    return count
 
 
 def kind(pid: int) -> str:
@@ -150,10 +182,12 @@ class Recorder:
 
     def kill_leftovers(self) -> list[int]:
         """SIGKILL the process groups (then processes) of tree members still alive after the
-        recorder stopped (Chromium runs in its own group). Only processes this run saw."""
+        recorder stopped (Chromium runs in its own group). Only processes this run saw;
+        zombies (exited, waiting for a reaper) are not alive."""
         own = os.getpgrp()
         alive = {key: pgid for key, pgid in self.seen.items()
-                 if (p := _read_stat(key[0])) is not None and p.start == key[1]}
+                 if (p := _read_stat(key[0])) is not None and p.start == key[1]
+                 and p.state not in ("Z", "X")}
         for pgid in sorted(set(alive.values()) - {own}):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
@@ -193,14 +227,23 @@ def measure(recorder: Recorder, *, window: float, every: float = 2.0) -> dict:
     first = recorder.tree()
     t0 = time.monotonic()
     samples: list[int] = []
-    breakdown: dict[str, list[int]] = {}
+    uss_samples: list[int] = []
+    foreign = 0
+    kinds: dict[int, str] = {}
+    by_kind: list[dict[str, tuple[int, int]]] = []  # per sample: kind -> (count, kB)
     while True:
-        procs = recorder.tree()
-        per = {p.pid: pss_kb(p.pid) for p in procs}
+        procs = [p for p in recorder.tree() if p.state not in ("Z", "X")]
+        mem = {p.pid: memory_kb(p.pid) for p in procs}
+        per = {pid: pss for pid, (pss, _uss) in mem.items()}
         samples.append(sum(per.values()))
-        if len(samples) == 1:
-            for pid, kb in per.items():
-                breakdown.setdefault(kind(pid), []).append(kb)
+        uss_samples.append(sum(uss for _pss, uss in mem.values()))
+        foreign = max(foreign, foreign_chromium({p.pid for p in procs}))
+        sample: dict[str, tuple[int, int]] = {}
+        for pid, kb in per.items():
+            name = kinds.setdefault(pid, kind(pid))
+            count, total = sample.get(name, (0, 0))
+            sample[name] = (count + 1, total + kb)
+        by_kind.append(sample)
         left = window - (time.monotonic() - t0)
         if left <= 0:
             break
@@ -211,7 +254,12 @@ def measure(recorder: Recorder, *, window: float, every: float = 2.0) -> dict:
     return {"pss_mb": statistics.mean(samples) / 1024, "pss_max_mb": max(samples) / 1024,
             "cpu_pct": cpu_s / wall / NPROC * 100, "wall": wall, "procs": len(last),
             "load1": os.getloadavg()[0],  # the whole machine's, to spot other work running
-            "breakdown": {k: (len(v), sum(v) / 1024) for k, v in sorted(breakdown.items())}}
+            "uss_mb": statistics.mean(uss_samples) / 1024, "foreign_chromium": foreign,
+            "samples_mb": [kb / 1024 for kb in samples],
+            # kind -> (most processes seen at once, mean MB over the samples)
+            "breakdown": {k: (max(s.get(k, (0, 0))[0] for s in by_kind),
+                              statistics.mean(s.get(k, (0, 0))[1] for s in by_kind) / 1024)
+                          for k in sorted({k for s in by_kind for k in s})}}
 
 
 def decoded_seconds(path: Path) -> float | None:
@@ -366,12 +414,16 @@ def main() -> None:
         time.sleep(2)
         idle = measure(recorder, window=args.window)
         idle.update(n=0)
-        print(f"idle: {idle['pss_mb']:.0f} MB PSS, {idle['cpu_pct']:.1f} % CPU",
+        print(f"idle: {idle['pss_mb']:.0f} MB PSS (samples "
+              f"{' '.join(f'{x:.0f}' for x in idle['samples_mb'])}), "
+              f"{idle['cpu_pct']:.1f} % CPU",
               file=sys.stderr, flush=True)
         for n in levels:
             result = run_level(recorder, n, settle=args.settle, window=args.window)
             results.append(result)
-            print(f"{n} sessions: {result['pss_mb']:.0f} MB PSS, {result['cpu_pct']:.1f} % CPU, "
+            print(f"{n} sessions: {result['pss_mb']:.0f} MB PSS (samples "
+                  f"{' '.join(f'{x:.0f}' for x in result['samples_mb'])}), "
+                  f"{result['cpu_pct']:.1f} % CPU, "
                   f"worst loss {result['worst_loss']:.2f} s "
                   f"({time.monotonic() - began:.0f} s elapsed)", file=sys.stderr, flush=True)
     finally:
@@ -424,17 +476,26 @@ def main() -> None:
         f"wall / {NPROC}. Loss: wall time from the start's 201 to the stop request minus the "
         "decoded duration of the WebM (a lower bound; worst session of the level).",
         "",
-        "| sessions | PSS max MB | loss min / mean / worst s | worst wall - packet sum s "
-        "| stored as WAV | start slowest s | stop all (pipeline incl.) s | load avg 1 min |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| 0 | {idle['pss_max_mb']:.0f} | - | - | - | - | - | {idle['load1']:.2f} |",
+        "USS (private pages only, not shared with anything) and the checks behind the "
+        "table; \"other Chromium\" counts Chromium processes outside our tree during the "
+        "window (their shared pages lower our PSS; 0 means a clean measurement).",
+        "",
+        "| sessions | USS MB | PSS max MB | loss min / mean / worst s "
+        "| worst wall - packet sum s | stored as WAV | start slowest s "
+        "| stop all (pipeline incl.) s | load avg 1 min | other Chromium |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| 0 | {idle['uss_mb']:.0f} | {idle['pss_max_mb']:.0f} | - | - | - | - | - "
+        f"| {idle['load1']:.2f} | {idle['foreign_chromium']} |",
     ]
     for r in results:
-        lines.append(f"| {r['n']} | {r['pss_max_mb']:.0f} | {r['best_loss']:.2f} / "
+        lines.append(f"| {r['n']} | {r['uss_mb']:.0f} | {r['pss_max_mb']:.0f} "
+                     f"| {r['best_loss']:.2f} / "
                      f"{r['mean_loss']:.2f} / {r['worst_loss']:.2f} "
                      f"| {r['worst_packet_loss']:.2f} | {r['n'] - r['not_stored']}/{r['n']} "
-                     f"| {r['start_max_s']:.2f} | {r['stop_all_s']:.1f} | {r['load1']:.2f} |")
-    lines += ["", "PSS by process kind (count, MB) at the window's start:", ""]
+                     f"| {r['start_max_s']:.2f} | {r['stop_all_s']:.1f} | {r['load1']:.2f} "
+                     f"| {r['foreign_chromium']} |")
+    lines += ["", "PSS by process kind (most processes at once, mean MB over the window):",
+              ""]
     for r in [idle, *results]:
         parts = ", ".join(f"{k} {c}x {mb:.0f}" for k, (c, mb) in r["breakdown"].items())
         lines.append(f"- {r['n']} sessions: {parts}")

