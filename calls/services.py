@@ -18,11 +18,18 @@ from django.conf import settings
 
 from api.auth import Principal
 from api.cache import ExpiringCache
-from api.errors import ApiError, Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationFailed
+from api.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from calls import states, store
 from calls.states import Actor, Invalid, Status
 from push import services as push_services
-from recorder_bridge.services import recording_stop_for_call
+from recorder_bridge.services import recording_stop_for_call, recordings_retry_failed
 
 log = structlog.get_logger("calls")
 
@@ -261,6 +268,7 @@ def calls_sweep(*, timeout_seconds: int, now: datetime | None = None) -> int:
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="sweep") as pool:
         updated = sum(pool.map(settle, store.calls_ringing_since(cutoff)))
     log.info("calls_swept", timeout_seconds=timeout_seconds, updated=updated)
+    recordings_retry_failed()
     return updated
 
 

@@ -13,7 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    async_playwright,
+)
 
 from .config import CHROMIUM_ARGS
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +22,8 @@ log = logging.getLogger("recorder.pipeline")
 
 SPEC = {"sampleRate": 16000, "channels": 1, "bitDepth": 16}
 RETRY_STATES = ("stopped", "processing", "failed")  # sidecars whose upload is not done
+_in_progress: set[str] = set()  # sids being processed now, never twice at once
+_in_progress_lock = threading.Lock()
 
 
 def _django() -> None:
@@ -67,6 +70,18 @@ def recording_finish(*, webm: Path, sid: str, channel: str, call_id: str | None)
     """Process one stopped recording; returns the seed's stop fields (`filename`, `format`,
     `duration`, `groupId`, `user1`, `user2`, `firebase` or None, `status`). Never raises
     for an audio or Storage failure: that is recorded and answered."""
+    with _in_progress_lock:
+        if sid in _in_progress:
+            return {"sid": sid, "status": "processing", "firebase": None}
+        _in_progress.add(sid)
+    try:
+        return _finish(webm=webm, sid=sid, channel=channel, call_id=call_id)
+    finally:
+        with _in_progress_lock:
+            _in_progress.discard(sid)
+
+
+def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
     _django()
     from integrations.firebase import firestore_client
     from media import audio, storage
@@ -131,15 +146,16 @@ def _answer(document: dict) -> dict:
     return {key: document[key] for key in keys}
 
 
-def recordings_to_retry(directory: Path) -> list[dict]:
-    """Sidecars of recordings that stopped but whose upload is not done."""
+def recordings_to_retry(directory: Path, *, states: tuple[str, ...] = RETRY_STATES) -> list[dict]:
+    """Sidecars of recordings that stopped but whose upload is not done (at start-up any
+    of RETRY_STATES; while running only `failed`, the others are in progress)."""
     found = []
     for sidecar in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if meta.get("state") in RETRY_STATES and sidecar.with_suffix(".webm").exists():
+        if meta.get("state") in states and sidecar.with_suffix(".webm").exists():
             found.append({"webm": sidecar.with_suffix(".webm"), "sid": meta.get("sid"),
                           "channel": meta.get("channel", ""), "call_id": meta.get("callId")})
     return found

@@ -33,8 +33,15 @@ from playwright.async_api import Page
 
 from .browser import BrowserPool
 from .config import Settings
-from .errors import (AgoraJoinTimeout, AgoraNotConfigured, BadRequest, RecorderError,
-                     SessionNotFound, ShuttingDown, StartFailed)
+from .errors import (
+    AgoraJoinTimeout,
+    AgoraNotConfigured,
+    BadRequest,
+    RecorderError,
+    SessionNotFound,
+    ShuttingDown,
+    StartFailed,
+)
 from .sink import ChunkSink, iso, probe_duration_ms, unfinished_sidecars, utc_now
 
 log = logging.getLogger(__name__)
@@ -161,7 +168,8 @@ class RecorderService:
             await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_SECONDS)
         await self.pool.close()
 
-    def _spawn(self, coro) -> None:
+    def spawn(self, coro) -> None:
+        """Run `coro` in the background, kept referenced until it ends."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -319,10 +327,10 @@ class RecorderService:
             session.remote_users = int(event.get("count") or 0)
             session.last_presence = time.monotonic()
         elif kind == "token-will-expire":
-            self._spawn(self._renew_token(session))
+            self.spawn(self._renew_token(session))
         elif kind in ("token-expired", "source-ended", "recorder-error"):
             log.warning("session %s: %s %s", sid, kind, event.get("message", ""))
-            self._spawn(self._stop_quietly(session.sid, kind.replace("-", "_")))
+            self.spawn(self._stop_quietly(session.sid, kind.replace("-", "_")))
         else:
             log.info("session %s: %s", sid, json.dumps(event)[:300])
 
@@ -370,7 +378,7 @@ class RecorderService:
             for session in list(self._sessions.values()):
                 reason = self.auto_stop_reason(session, now=now)
                 if reason:
-                    self._spawn(self._stop_quietly(session.sid, reason))
+                    self.spawn(self._stop_quietly(session.sid, reason))
 
     def auto_stop_reason(self, session: Session, *, now: float) -> str | None:
         """"max_duration", "idle" (Agora only: local sources have nobody to wait for) or None."""
@@ -416,4 +424,4 @@ class RecorderService:
             session.result = self._result(session)
             self._finished[session.sid] = session.result
             log.warning("recovered unfinished recording %s (%s bytes)", webm.name, size)
-            self._spawn(self._call_on_stopped(session, recovered=True))
+            self.spawn(self._call_on_stopped(session, recovered=True))

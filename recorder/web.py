@@ -8,12 +8,14 @@ page, its script and the SDK bundle are public static files.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from pathlib import Path
 
 from aiohttp import web
 
+from . import pipeline
 from .errors import BadRequest, RecorderError, Unauthorized
 from .sessions import RecorderService, parse_start
 
@@ -130,6 +132,20 @@ async def agora_bundle(request: web.Request) -> web.FileResponse:
                         code="agora_sdk_missing", status=500)
 
 
+async def recordings_retry(request: web.Request) -> web.Response:
+    """Retry the uploads that failed (the API's sweep calls this); answers at once."""
+    _require_secret(request)
+    service = request.app[SERVICE]
+    failed = pipeline.recordings_to_retry(service.settings.recordings_dir, states=("failed",))
+
+    async def retry_all():
+        for item in failed:
+            await asyncio.to_thread(pipeline.recording_finish, **item)
+
+    service.spawn(retry_all())
+    return web.json_response({"retrying": len(failed)}, status=202)
+
+
 def build_app(service: RecorderService, *, fixtures_dir: Path | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=8 * 1024 * 1024)
     app[SERVICE] = service
@@ -140,6 +156,7 @@ def build_app(service: RecorderService, *, fixtures_dir: Path | None = None) -> 
     app.router.add_post("/sessions/{sid}/stop", session_stop)
     app.router.add_post("/sessions/{sid}/chunks/{seq}", chunk_upload)
     app.router.add_post("/sessions/{sid}/events", page_event)
+    app.router.add_post("/recordings/retry", recordings_retry)
     app.router.add_get("/page", page)
     app.router.add_get("/vendor/AgoraRTC_N-production.js", agora_bundle)
     app.router.add_static("/static/", STATIC_DIR)

@@ -86,6 +86,19 @@ def recording_stop_for_call(call: dict) -> None:
     threading.Thread(target=stop, name=f"stop-recording-{sid}", daemon=True).start()
 
 
+def recordings_retry_failed() -> None:
+    """Ask the recorder to retry the uploads that failed (the sweep does, every run)."""
+    if not settings.RECORDER_SERVICE_URL:
+        return
+    try:
+        answer = recorder_call("POST", "/recordings/retry")
+    except Exception as exc:  # the sweep's own job must not fail because of the recorder
+        log.warning("recordings_retry_failed", error=repr(exc))
+        return
+    if answer.get("retrying"):
+        log.info("recordings_retry", retrying=answer["retrying"])
+
+
 def recordings_active(*, principal: Principal) -> list[dict]:
     """Sessions recording now: all for an admin, else those of the caller's calls."""
     sessions = recorder_call("GET", "/sessions")["sessions"]

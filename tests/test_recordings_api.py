@@ -7,6 +7,7 @@ import pytest
 from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
+from tests.conftest import post_json
 from tests.test_calls import invite, stored
 from tests.test_recorder_service import start_recorder  # noqa: F401 (fixture)
 
@@ -113,3 +114,39 @@ def test_health_reports_the_recorder(client, recorder, settings):
 def test_stop_needs_exactly_one_of_sid_or_channel(as_user):
     body = as_user("alice").post("/api/recording/stop", {}).json()
     assert body["error"]["code"] == "validation_error"
+
+
+def test_the_sweep_asks_the_recorder_to_retry_failed_uploads(  # noqa: F811 (fixture)
+        as_user, client, start_recorder, settings):
+    dead = f"http://127.0.0.1:{free_port()}"
+    failing = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
+                             STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
+                             DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    settings.RECORDER_SERVICE_URL, settings.RECORDER_SECRET = failing.base, failing.secret
+    recorder_client._http.cache_clear()
+    call = invite(as_user)
+    started = _tone_session(failing, call)
+    assert failing.call("POST", f"/sessions/{started['sid']}/stop")[1]["status"] == "failed"
+    assert failing.sidecar(started["filename"])["retryCount"] == 1
+    # Storage is still down: the retry the sweep asks for fails too, and is counted.
+    sweep = post_json(client, "/api/call/timeout/sweep", {}, {"X-Ops-Key": settings.OPS_API_KEY})
+    assert sweep.status_code == 200
+    wait_until(lambda: failing.sidecar(started["filename"])["retryCount"] == 2, timeout=60,
+               what="the retry the sweep asked for")
+    assert failing.sidecar(started["filename"])["state"] == "failed"
+    recorder_client._http.cache_clear()
+
+
+def test_a_recording_that_cannot_be_converted_is_stored_as_webm(tmp_path):
+    import json
+
+    from recorder import pipeline
+
+    webm = tmp_path / "g_a_b_1_2026-01-01T00-00-00.webm"
+    webm.write_bytes(b"\x1aE\xdf\xa3" + bytes(range(256)) * 40)  # an EBML magic, then noise
+    webm.with_suffix(".json").write_text(json.dumps({"sid": "s-webm", "state": "stopped"}))
+    answer = pipeline.recording_finish(webm=webm, sid="s-webm", channel="g_a_b_1", call_id=None)
+    assert answer["format"] == "webm" and answer["filename"].endswith(".webm")
+    assert answer["firebase"]["storagePath"] == f"recordings/{webm.name}"
+    document = firestore_client().collection("recordings").document("s-webm").get()
+    assert (document.get("status"), document.get("format")) == ("completed", "webm")
