@@ -113,7 +113,7 @@ def push_to_user(*, uid: str, payload: dict[str, str], ttl_seconds: int) -> Push
     except Exception as exc:  # Firestore down: the call itself must still go through
         log.warning("push_user_lookup_failed", uid=uid, error=repr(exc))
         return PushOutcome(False, None, "user_lookup_failed")
-    platform, field, token = _device(snap.to_dict() or {} if snap.exists else {})
+    platform, field, token = _device((snap.to_dict() or {}) if snap.exists else {})
     if not token:
         return PushOutcome(False, platform, "no_device_token")
     if platform == "ios":
