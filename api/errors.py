@@ -105,14 +105,17 @@ def api_error_response(exc: ApiError) -> JsonResponse:
                           **exc.extra)
 
 
+def _server_error(request: HttpRequest) -> JsonResponse:
+    request_id = getattr(request, "request_id", "")
+    return error_response(
+        http_status=500, requestId=request_id,
+        message=f"Internal server error; quote request id {request_id} when reporting it.")
+
+
 def internal_error_response(request: HttpRequest, exc: BaseException) -> JsonResponse:
     """Log the traceback, answer 500 with the request id and nothing of the exception."""
-    request_id = getattr(request, "request_id", "")
     log.error("unhandled_exception", exc_info=exc, path=request.path)
-    return error_response(http_status=500,
-        message=f"Internal server error; quote request id {request_id} when reporting it.",
-        requestId=request_id,
-    )
+    return _server_error(request)
 
 
 def django_not_found(request, exception=None):
@@ -120,7 +123,4 @@ def django_not_found(request, exception=None):
 
 
 def django_server_error(request):
-    return error_response(http_status=500,
-        message="Internal server error; quote request id "
-        f"{getattr(request, 'request_id', '')} when reporting it.",
-    )
+    return _server_error(request)

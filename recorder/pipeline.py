@@ -15,8 +15,9 @@ import json
 import logging
 import os
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
+
+from .sink import iso, utc_now, write_json_atomically
 
 log = logging.getLogger("recorder.pipeline")
 
@@ -55,15 +56,9 @@ def _parties(channel: str, call: dict | None) -> dict:
             "user2": parts[2] if len(parts) > 2 else None}
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def _save_sidecar(sidecar: Path, meta: dict, **fields) -> None:
     meta.update(fields)
-    temp = sidecar.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(temp, sidecar)
+    write_json_atomically(sidecar, meta)
 
 
 def recording_finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
@@ -110,14 +105,13 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
     filename = webm.stem + f".{fmt}"
     storage_path = f"recordings/{filename}"
     started = meta.get("startedAt")
-    now = datetime.now(timezone.utc)
     document = {
         "sid": sid, "callId": call_id, "channel": channel, **(parties := _parties(channel, call)),
         "participants": [uid for uid in (parties["user1"], parties["user2"]) if uid],
         "filename": filename, "format": fmt, "duration": duration_ms,
         "fileSize": upload.stat().st_size, "sha256": _sha256(upload),
         "spec": SPEC if fmt == "wav" else None, "source": "recorder",
-        "recordedAt": started, "createdAt": _iso(now), "storagePath": storage_path,
+        "recordedAt": started, "createdAt": iso(utc_now()), "storagePath": storage_path,
     }
     ref = db.collection("recordings").document(sid)
     try:

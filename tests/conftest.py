@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +21,7 @@ from django.test import Client
 
 from api.auth import verified_tokens
 from calls.services import _token_members
-from devstack.emulators import Emulators
+from devstack.emulators import Emulators, _http_ok, free_port, spawn, stop, wait_until
 from push import services as push_services
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.fcm import FakeFCM
@@ -142,10 +149,6 @@ def api_log_lines() -> list[dict]:
 def start_server(emulators, securetoken, tmp_path):
     """`start_server(**env)` -> base URL of a real gunicorn (config/gunicorn.conf.py) on a
     free loopback port, configured like the test settings plus `env`; stopped after."""
-    import sys
-
-    from devstack.emulators import _http_ok, free_port, spawn, stop, wait_until
-
     started = []
 
     def start(**env_overrides) -> str:
@@ -171,3 +174,63 @@ def any_channel(settings):
     """Tokens for any channel (TOKEN_CHANNEL_POLICY=authenticated), for tests about auth,
     errors and token building rather than about who may join a call."""
     settings.TOKEN_CHANNEL_POLICY = "authenticated"
+
+
+@dataclass
+class Recorder:
+    base: str
+    secret: str
+    recordings: Path
+    log: Path
+    proc: subprocess.Popen
+
+    def call(self, method: str, path: str, body=None, *, secret: str | None = "default"):
+        """(status, JSON body) of one request; `secret=None` sends no secret."""
+        headers = {"Content-Type": "application/json"}
+        if secret is not None:
+            headers["X-Recorder-Secret"] = self.secret if secret == "default" else secret
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def sidecar(self, filename: str) -> dict:
+        return json.loads((self.recordings / filename).with_suffix(".json").read_text())
+
+    def kill_hard(self) -> None:
+        """SIGKILL the recorder and its Chromium (one process group): a crash."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start_recorder(tmp_path):
+    """`start_recorder(**env)` -> a running recorder on a free loopback port with its own
+    recordings directory and secret; every recorder started is stopped afterwards."""
+    started: list[subprocess.Popen] = []
+    recordings = tmp_path / "recordings"
+    secret = secrets.token_urlsafe(24)
+
+    def start(**env_overrides) -> Recorder:
+        port = free_port()
+        env = {**os.environ, "RECORDER_HOST": "127.0.0.1", "RECORDER_PORT": str(port),
+               "RECORDER_SECRET": secret, "RECORDINGS_DIR": str(recordings),
+               "PYTHONPATH": str(settings.BASE_DIR), **env_overrides}
+        env.pop("RECORDER_ALLOW_NO_SECRET", None)
+        log = tmp_path / f"recorder-{port}.log"
+        proc = spawn([sys.executable, "-m", "recorder"], log_path=log, env=env)
+        started.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _http_ok(f"{base}/health"), timeout=60, what="recorder",
+                   proc=proc, log_path=log)
+        return Recorder(base=base, secret=secret, recordings=recordings, log=log, proc=proc)
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            stop(proc, grace=30)

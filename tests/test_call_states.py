@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from calls.states import ALLOWED_ACTORS, FINAL, TABLE, Actor, Invalid, Move, Repeat, Status, decide
+from calls.states import (
+    ALLOWED_ACTORS,
+    FINAL,
+    TABLE,
+    Actor,
+    Invalid,
+    Move,
+    Repeat,
+    Status,
+    decide,
+)
 
 P, A = Status.PENDING, Status.ACCEPTED
 C, R, S = Actor.CALLER, Actor.RECEIVER, Actor.SYSTEM

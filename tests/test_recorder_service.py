@@ -6,86 +6,21 @@ from __future__ import annotations
 import array
 import asyncio
 import json
-import os
 import re
-import secrets
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import wave
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from devstack.emulators import _http_ok, free_port, spawn, stop, wait_until
+from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
 
-REPO = Path(__file__).resolve().parent.parent
 RECORDING_SECONDS = 5.0
-
-
-@dataclass
-class Recorder:
-    base: str
-    secret: str
-    recordings: Path
-    log: Path
-    proc: subprocess.Popen
-
-    def call(self, method: str, path: str, body=None, *, secret: str | None = "default"):
-        """(status, JSON body) of one request; `secret=None` sends no secret."""
-        headers = {"Content-Type": "application/json"}
-        if secret is not None:
-            headers["X-Recorder-Secret"] = self.secret if secret == "default" else secret
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def sidecar(self, filename: str) -> dict:
-        return json.loads((self.recordings / filename).with_suffix(".json").read_text())
-
-    def kill_hard(self) -> None:
-        """SIGKILL the recorder and its Chromium (one process group): a crash."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def start_recorder(tmp_path):
-    """`start_recorder(**env)` -> a running recorder on a free loopback port with its own
-    recordings directory and secret; every recorder started is stopped afterwards."""
-    started: list[subprocess.Popen] = []
-    recordings = tmp_path / "recordings"
-    secret = secrets.token_urlsafe(24)
-
-    def start(**env_overrides) -> Recorder:
-        port = free_port()
-        env = {**os.environ, "RECORDER_HOST": "127.0.0.1", "RECORDER_PORT": str(port),
-               "RECORDER_SECRET": secret, "RECORDINGS_DIR": str(recordings),
-               "PYTHONPATH": str(REPO), **env_overrides}
-        env.pop("RECORDER_ALLOW_NO_SECRET", None)
-        log = tmp_path / f"recorder-{port}.log"
-        proc = spawn([sys.executable, "-m", "recorder"], log_path=log, env=env)
-        started.append(proc)
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _http_ok(f"{base}/health"), timeout=60, what="recorder",
-                   proc=proc, log_path=log)
-        return Recorder(base=base, secret=secret, recordings=recordings, log=log, proc=proc)
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            stop(proc, grace=30)
 
 
 def decoded_seconds(path: Path) -> float:

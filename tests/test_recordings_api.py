@@ -9,11 +9,10 @@ from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
 from tests.test_calls import invite, stored
-from tests.test_recorder_service import start_recorder  # noqa: F401 (fixture)
 
 
 @pytest.fixture
-def recorder(start_recorder, settings):  # noqa: F811
+def recorder(start_recorder, settings):
     """A running recorder the API is configured to use."""
     running = start_recorder(RECORDER_JOIN_TIMEOUT_SECONDS="2")
     settings.RECORDER_SERVICE_URL = running.base
@@ -116,8 +115,8 @@ def test_stop_needs_exactly_one_of_sid_or_channel(as_user):
     assert body["error"]["code"] == "validation_error"
 
 
-def test_the_sweep_asks_the_recorder_to_retry_failed_uploads(  # noqa: F811 (fixture)
-        as_user, client, start_recorder, settings):
+def test_the_sweep_asks_the_recorder_to_retry_failed_uploads(as_user, client, start_recorder,
+                                                             settings):
     dead = f"http://127.0.0.1:{free_port()}"
     failing = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
                              STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
