@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http.multipartparser import MultiPartParserError
 from django.http import Http404, HttpRequest
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -10,6 +11,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from api import errors
 from api.calls import router as call_router
 from api.health import router as health_router
+from api.library import admin_router, calls_router, recordings_router, users_router
 from api.recordings import router as recording_router
 from api.tokens import router as token_router
 
@@ -24,16 +26,28 @@ api.add_router("/health", health_router)
 api.add_router("/token", token_router)
 api.add_router("/call", call_router)
 api.add_router("/recording", recording_router)
+api.add_router("/recordings", recordings_router)
+api.add_router("/calls", calls_router)
+api.add_router("/users", users_router)
+api.add_router("/admin", admin_router)
+
+
+# Names our views give their schema parameters: an error about the whole schema (a model
+# validator) is located at the parameter, which means nothing to the client.
+_SCHEMA_PARAMS = {"params", "form", "payload"}
 
 
 def _validation_message(exc: ValidationError) -> tuple[str, list[dict]]:
     details = []
     for error in exc.errors:
-        # loc is ("body", "<param name>", "field", ...): the client knows only the field path.
-        loc = [str(part) for part in error.get("loc", ())][2:]
+        # loc is ("body", "<param name>", "field", ...) for JSON and ("query" | "form" |
+        # "file" | "path", "field") otherwise; the client knows only the field path.
+        loc = [str(part) for part in error.get("loc", ())]
+        where = loc[0] if loc else "body"
+        loc = loc[2:] if where == "body" else [p for p in loc[1:] if p not in _SCHEMA_PARAMS]
         field = ".".join(loc)
-        message = error.get("msg", "is not valid")
-        if not field and error.get("type") == "missing":
+        message = error.get("msg", "is not valid").removeprefix("Value error, ")
+        if not field and where == "body" and error.get("type") == "missing":
             message = "A JSON request body is required."
         details.append({"field": field, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else d["message"]
@@ -58,6 +72,9 @@ def _render_any_error(request: HttpRequest, exc: Exception):
         return errors.api_error_response(errors.NotFound())
     if isinstance(exc, RequestDataTooBig):
         return errors.error_response(http_status=413, message="The request body is too large.")
+    if isinstance(exc, (MultiPartParserError, SuspiciousOperation)):
+        return errors.error_response(http_status=400, code="malformed_multipart",
+                                     message=f"The multipart body is not valid: {exc}")
     return errors.internal_error_response(request, exc)
 
 

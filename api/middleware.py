@@ -11,9 +11,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from api.errors import error_response
+from library.uploads import upload_limit_bytes
 
 log = structlog.get_logger("api.request")
 
+UPLOAD_PATH = "/api/recordings/upload"
+MULTIPART_OVERHEAD = 1024 * 1024  # boundaries, part headers and the form fields
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{8,128}$")
 
 
@@ -53,6 +56,13 @@ class RequestLogMiddleware:
         except ValueError:
             return error_response(http_status=400, message="Content-Length is not a number.")
         limit = settings.API_MAX_BODY_BYTES
+        if request.path.rstrip("/") == UPLOAD_PATH:
+            if request.method == "POST" and not request.META.get("CONTENT_LENGTH"):
+                return error_response(http_status=411, code="length_required",
+                                      message="Send the upload with a Content-Length.")
+            # The file's own limit is enforced while it streams to disk; this refuses a
+            # declared body that cannot fit before reading any of it.
+            limit = upload_limit_bytes() + MULTIPART_OVERHEAD
         if declared > limit:
             return error_response(
                 http_status=413, message=f"The request body is larger than {limit} bytes."

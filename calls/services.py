@@ -28,6 +28,7 @@ from api.errors import (
 )
 from calls import states, store
 from calls.states import Actor, Invalid, Status
+from library.services import uploads_retry_due
 from push import services as push_services
 from recorder_bridge.services import recording_stop_for_call, recordings_retry_failed
 
@@ -269,6 +270,10 @@ def calls_sweep(*, timeout_seconds: int, now: datetime | None = None) -> int:
         updated = sum(pool.map(settle, store.calls_ringing_since(cutoff)))
     log.info("calls_swept", timeout_seconds=timeout_seconds, updated=updated)
     recordings_retry_failed()
+    try:
+        uploads_retry_due()
+    except Exception as exc:  # the sweep's own job is done; uploads wait for the next run
+        log.warning("uploads_retry_failed", error=repr(exc))
     return updated
 
 

@@ -67,7 +67,9 @@ OPS_API_KEY = env.str("OPS_API_KEY", default="")
 
 # Request limits and health
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES  # form fields; file data goes to disk
+FILE_UPLOAD_HANDLERS = ["library.uploads.RecordingUploadHandler"]
+DATA_UPLOAD_MAX_NUMBER_FILES = 1
 HEALTH_TIMEOUT_SECONDS = env.float("HEALTH_TIMEOUT_SECONDS", default=2.0)
 
 # Calls
@@ -101,6 +103,23 @@ STORAGE_UPLOAD_TIMEOUT_SECONDS = env.float("STORAGE_UPLOAD_TIMEOUT_SECONDS", def
 STORAGE_REQUEST_TIMEOUT_SECONDS = env.float("STORAGE_REQUEST_TIMEOUT_SECONDS", default=30)
 STORAGE_UPLOAD_CHUNK_BYTES = env.int("STORAGE_UPLOAD_CHUNK_BYTES", default=8 * 1024 * 1024)
 STORAGE_URL_TTL_SECONDS = env.int("STORAGE_URL_TTL_SECONDS", default=7 * 24 * 3600)
+# /stream and /download redirect to a signed URL this short-lived (when the key can sign).
+STORAGE_STREAM_URL_TTL_SECONDS = env.int("STORAGE_STREAM_URL_TTL_SECONDS", default=300)
+# Proxied playback (no signing key) reads Storage this much at a time per request.
+STORAGE_STREAM_CHUNK_BYTES = env.int("STORAGE_STREAM_CHUNK_BYTES", default=1024 * 1024)
+
+# Recording uploads from the apps (POST /api/recordings/upload)
+RECORDING_MAX_UPLOAD_MB = env.int("RECORDING_MAX_UPLOAD_MB", default=100)
+# Where received files wait (and stay until Storage has them); the recorder's files live
+# in RECORDINGS_DIR too, so one volume holds everything not yet in Storage.
+RECORDINGS_DIR = Path(env.str("RECORDINGS_DIR", default=str(BASE_DIR / "recordings")))
+RECORDING_UPLOADS_DIR = Path(env.str("RECORDING_UPLOADS_DIR",
+                                     default=str(RECORDINGS_DIR / "uploads")))
+FILE_UPLOAD_TEMP_DIR = str(RECORDING_UPLOADS_DIR / ".incoming")
+# The sweep retries a failed upload this many times; after that only retry-upload does.
+RECORDING_UPLOAD_AUTO_RETRIES = env.int("RECORDING_UPLOAD_AUTO_RETRIES", default=5)
+# An upload still pending/uploading after this long was interrupted (a worker died).
+RECORDING_UPLOAD_STALE_SECONDS = env.int("RECORDING_UPLOAD_STALE_SECONDS", default=1800)
 
 # Recorder service (python -m recorder)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")

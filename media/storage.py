@@ -27,7 +27,8 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -85,6 +86,7 @@ class StoredObject:
     crc32c: str | None = None  # base64, as Storage reports it
     url: str | None = None  # what recording_url would answer (None for downloads)
     metadata: dict[str, str] = field(default_factory=dict)
+    updated: datetime | None = None  # when this generation was written
 
 
 class _DeadlinePassed(Exception):
@@ -265,6 +267,59 @@ def recording_download(*, object_name: str, dst: Path,
     return _stored(blob, url=None)
 
 
+def recording_stat(*, object_name: str, bucket: Bucket | None = None) -> StoredObject:
+    """The object's size, checksums, generation and time, without its bytes."""
+    bucket = bucket or storage_bucket()
+    deadline = _Deadline(_seconds("STORAGE_REQUEST_TIMEOUT_SECONDS", 30))
+    try:
+        return _stored(_existing_blob(bucket, object_name, deadline), url=None)
+    except _FAILURES as exc:
+        raise _storage_error(exc, f"read the metadata of {object_name}", deadline) from exc
+
+
+def recording_signed_url(*, object_name: str, ttl_seconds: int,
+                         attachment_filename: str | None = None,
+                         bucket: Bucket | None = None) -> str | None:
+    """A V4 signed GET URL living `ttl_seconds` (Storage serves HTTP Range on it itself),
+    as an attachment named `attachment_filename` when given; None when the credentials
+    cannot sign (the emulator, ADC without a key)."""
+    bucket = bucket or storage_bucket()
+    if not _can_sign(bucket):
+        return None
+    disposition = None
+    if attachment_filename is not None:
+        from django.utils.http import content_disposition_header
+
+        disposition = content_disposition_header(True, attachment_filename)
+    return _signed_url(bucket.blob(object_name), ttl_seconds=ttl_seconds,
+                       disposition=disposition)
+
+
+def recording_chunks(*, stored: StoredObject, start: int, end: int,
+                     bucket: Bucket | None = None) -> Iterator[bytes]:
+    """Bytes `start`..`end` (inclusive) of exactly the generation `stored` describes,
+    fetched `STORAGE_STREAM_CHUNK_BYTES` [1 MiB] at a time with HTTP Range: memory stays
+    at one chunk whatever the length. Raises StorageError (mid-stream too)."""
+    bucket = bucket or storage_bucket()
+    chunk_bytes = max(int(getattr(settings, "STORAGE_STREAM_CHUNK_BYTES", 1024 * 1024)), 1)
+    blob = bucket.blob(stored.object_name, generation=stored.generation)
+    position = start
+    while position <= end:
+        last = min(position + chunk_bytes - 1, end)
+        deadline = _Deadline(_seconds("STORAGE_REQUEST_TIMEOUT_SECONDS", 30))
+        try:
+            data = blob.download_as_bytes(start=position, end=last, checksum=None,
+                                          retry=deadline.retry(),
+                                          timeout=deadline.request_timeout())
+        except _FAILURES as exc:
+            raise _storage_error(exc, f"read {stored.object_name}", deadline) from exc
+        if not data:
+            raise StorageError("storage_corrupt", f"{stored.object_name} ended at {position} "
+                               f"bytes, before the {end + 1} Storage reported.")
+        yield data
+        position += len(data)
+
+
 _FAILURES = (
     api_exceptions.GoogleAPICallError,
     api_exceptions.RetryError,
@@ -318,11 +373,14 @@ def _url(blob: Blob) -> str:
     return _token_url(blob, _download_token(blob))
 
 
-def _signed_url(blob: Blob) -> str:
-    ttl = min(max(int(_seconds("STORAGE_URL_TTL_SECONDS", MAX_URL_TTL_SECONDS)), 1),
-              MAX_URL_TTL_SECONDS)
+def _signed_url(blob: Blob, *, ttl_seconds: float | None = None,
+                disposition: str | None = None) -> str:
+    if ttl_seconds is None:
+        ttl_seconds = _seconds("STORAGE_URL_TTL_SECONDS", MAX_URL_TTL_SECONDS)
+    ttl = min(max(int(ttl_seconds), 1), MAX_URL_TTL_SECONDS)
     return blob.generate_signed_url(version="v4", method="GET",
                                     expiration=timedelta(seconds=ttl),
+                                    response_disposition=disposition,
                                     credentials=blob.bucket.client._credentials)
 
 
@@ -347,7 +405,8 @@ def _stored(blob: Blob, *, url: str | None) -> StoredObject:
     return StoredObject(object_name=blob.name, size=int(blob.size or 0),
                         content_type=blob.content_type or "application/octet-stream",
                         generation=int(blob.generation or 0), md5=blob.md5_hash,
-                        crc32c=blob.crc32c, url=url, metadata=dict(blob.metadata or {}))
+                        crc32c=blob.crc32c, url=url, metadata=dict(blob.metadata or {}),
+                        updated=blob.updated)
 
 
 def _delete_quietly(blob: Blob) -> None:

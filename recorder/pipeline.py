@@ -79,6 +79,7 @@ def recording_finish(*, webm: Path, sid: str, channel: str, call_id: str | None)
 def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
     _django()
     from integrations.firebase import firestore_client
+    from library.store import pair_key
     from media import audio, storage
 
     sidecar = webm.with_suffix(".json")
@@ -104,14 +105,18 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
         duration_ms = meta.get("durationMs") or 0
     filename = webm.stem + f".{fmt}"
     storage_path = f"recordings/{filename}"
-    started = meta.get("startedAt")
+    now = iso(utc_now())
+    parties = _parties(channel, call)
+    participants = [uid for uid in (parties["user1"], parties["user2"]) if uid]
     document = {
-        "sid": sid, "callId": call_id, "channel": channel, **(parties := _parties(channel, call)),
-        "participants": [uid for uid in (parties["user1"], parties["user2"]) if uid],
+        "sid": sid, "callId": call_id, "channel": channel, **parties,
+        "participants": participants,
+        "pair": pair_key(*participants) if len(participants) == 2 else None,
         "filename": filename, "format": fmt, "duration": duration_ms,
         "fileSize": upload.stat().st_size, "sha256": _sha256(upload),
         "spec": SPEC if fmt == "wav" else None, "source": "recorder",
-        "recordedAt": started, "createdAt": iso(utc_now()), "storagePath": storage_path,
+        "recordedAt": meta.get("startedAt") or now, "createdAt": now, "updatedAt": now,
+        "storagePath": storage_path,
     }
     ref = db.collection("recordings").document(sid)
     try:
@@ -126,7 +131,8 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
         log.warning("recording %s: upload failed (%s); kept on disk for a retry", sid, exc.code)
         return {**_answer(document), "firebase": None, "status": "failed", "error": exc.code}
     ref.set({**document, "status": "completed", "url": stored.url, "error": None,
-             "retryCount": int(meta.get("retryCount", 0))})
+             "retryCount": int(meta.get("retryCount", 0)), "storedBytes": stored.size,
+             "uploadedAt": iso(utc_now())})
     if call:
         db.collection("calls").document(call_id).update({"recordingId": sid})
     _save_sidecar(sidecar, meta, state="completed", recordingId=sid, storagePath=storage_path,

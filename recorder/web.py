@@ -133,10 +133,19 @@ async def agora_bundle(request: web.Request) -> web.FileResponse:
 
 
 async def recordings_retry(request: web.Request) -> web.Response:
-    """Retry the uploads that failed (the API's sweep calls this); answers at once."""
+    """Retry the uploads that failed (the API's sweep calls this), or only the one named
+    by `{"sid": ...}` (the API's retry-upload); answers at once with how many."""
     _require_secret(request)
     service = request.app[SERVICE]
-    failed = pipeline.recordings_to_retry(service.settings.recordings_dir, states=("failed",))
+    only = None
+    if request.can_read_body:
+        try:
+            only = (await request.json()).get("sid")
+        except (ValueError, AttributeError):
+            raise BadRequest("the body must be a JSON object like {\"sid\": \"...\"}") from None
+    failed = [item for item in
+              pipeline.recordings_to_retry(service.settings.recordings_dir, states=("failed",))
+              if only is None or item["sid"] == only]
 
     async def retry_all():
         for item in failed:

@@ -17,6 +17,7 @@ _TEST_ENV = {
     "FIREBASE_PROJECT_ID": "demo-memharbor-test",
     "FIREBASE_STORAGE_BUCKET": "demo-memharbor-test.appspot.com",
     "LOG_DIR": tempfile.mkdtemp(prefix="memharbor-test-logs-"),
+    "RECORDINGS_DIR": tempfile.mkdtemp(prefix="memharbor-test-recordings-"),
 }
 # The test run's values win over a developer's .env.
 os.environ.update(_TEST_ENV)

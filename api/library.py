@@ -1,0 +1,137 @@
+"""The recording library's endpoints: uploads from the apps, lookups, playback and
+download with HTTP Range, the admin listing, upload statistics and retries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from django.http import HttpRequest
+from ninja import File, Form, Query, Router, Schema
+from ninja.files import UploadedFile
+from ninja.responses import Status
+from pydantic import Field, StringConstraints, model_validator
+
+from api.auth import ops_or_admin_auth, user_auth
+from api.calls import CallId
+from api.errors import ApiError
+from library import delivery, services
+from library.uploads import ReceivedFile
+
+recordings_router = Router(tags=["recording library"], auth=user_auth)
+calls_router = Router(tags=["recording library"], auth=user_auth)
+users_router = Router(tags=["recording library"], auth=user_auth)
+admin_router = Router(tags=["recording library"], auth=ops_or_admin_auth)
+
+RecordingId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,128}$")]
+Uid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,128}$")]
+RecordingStatus = Literal[services.STATUSES]  # type: ignore[valid-type]
+Source = Literal["recorder", "upload"]
+
+
+class UploadIn(Schema):
+    call_id: CallId
+    duration: int | None = Field(None, ge=0, le=86400, description="seconds, as the app saw")
+    original_filename: str | None = Field(None, max_length=255)
+
+
+@recordings_router.post("/upload", summary="Upload a call's recording (multipart)",
+                        response={200: dict, 201: dict, 202: dict})
+def upload(request: HttpRequest, recording: File[UploadedFile], form: Form[UploadIn]):
+    if not isinstance(recording, ReceivedFile):  # pragma: no cover - settings guarantee it
+        raise ApiError("The upload was not received to disk.", code="upload_misconfigured",
+                       http_status=500)
+    return Status(*services.recording_upload_receive(
+        principal=request.principal, call_id=form.call_id, received=recording,
+        original_filename=form.original_filename, declared_duration=form.duration))
+
+
+class CheckExistsIn(Schema):
+    call_id: CallId | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    channel: str | None = Field(None, min_length=1, max_length=64)
+    timestamp: str | None = Field(None, max_length=40,
+                                  description="epoch s or ms, or ISO 8601; with channel")
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        given = [name for name in ("call_id", "sha256", "channel") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("send exactly one of call_id, sha256 or channel (+ timestamp)")
+        if self.timestamp and not self.channel:
+            raise ValueError("timestamp goes with channel")
+        return self
+
+
+@recordings_router.get("/check-exists", summary="Is this recording on the server already?")
+def check_exists(request: HttpRequest, params: Query[CheckExistsIn]):
+    return services.recording_check_exists(
+        principal=request.principal, call_id=params.call_id, sha256=params.sha256,
+        channel=params.channel, timestamp=params.timestamp)
+
+
+class StatusIn(Schema):
+    source: Source | None = None
+
+
+@recordings_router.get("/upload-status", auth=ops_or_admin_auth,
+                       summary="Recordings per status, last upload, bytes stored (admin)")
+def upload_status(request: HttpRequest, params: Query[StatusIn]):
+    return services.recordings_upload_status(source=params.source)
+
+
+class FileIn(Schema):
+    file: Literal["wav", "original"] = "wav"
+
+
+@recordings_router.get("/{recording_id}/stream",
+                       summary="Play a recording (HTTP Range; may redirect to Storage)")
+def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
+    media = services.recording_media(principal=request.principal, recording_id=recording_id,
+                                     variant=params.file)
+    return delivery.media_response(request, media, attachment=False)
+
+
+@recordings_router.get("/{recording_id}/download", summary="Download a recording (attachment)")
+def download(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
+    media = services.recording_media(principal=request.principal, recording_id=recording_id,
+                                     variant=params.file)
+    return delivery.media_response(request, media, attachment=True)
+
+
+@recordings_router.post("/{recording_id}/retry-upload", response={200: dict, 202: dict},
+                        summary="Retry a failed recording (admin or a participant)")
+def retry_upload(request: HttpRequest, recording_id: RecordingId):
+    return Status(*services.recording_retry(principal=request.principal,
+                                            recording_id=recording_id))
+
+
+@calls_router.get("/{call_id}/has-recording", summary="Does this call have a recording?")
+def call_has_recording(request: HttpRequest, call_id: CallId):
+    return services.call_has_recording(principal=request.principal, call_id=call_id)
+
+
+@users_router.get("/{uid}/has-recording",
+                  summary="The user's latest call with a completed recording")
+def user_has_recording(request: HttpRequest, uid: Uid):
+    return services.user_has_recording(principal=request.principal, uid=uid)
+
+
+class AdminListIn(Schema):
+    date_from: str | None = Field(None, max_length=40, description="YYYY-MM-DD or ISO 8601")
+    date_to: str | None = Field(None, max_length=40, description="inclusive")
+    group_id: str | None = Field(None, max_length=128)
+    user_id: str | None = Field(None, max_length=128)
+    status: RecordingStatus | None = None
+    source: Source | None = None
+    format: str | None = Field(None, pattern=r"^[a-z0-9]{1,8}$")
+    limit: int = Field(50, ge=1, le=200)
+    next_page_token: RecordingId | None = None
+
+
+@admin_router.get("/recordings", summary="Every recording, filtered and paged (admin)")
+def admin_recordings(request: HttpRequest, params: Query[AdminListIn]):
+    return services.recordings_admin_list(
+        date_from=params.date_from, date_to=params.date_to, group_id=params.group_id,
+        user_id=params.user_id, status=params.status, source=params.source,
+        fmt=params.format, limit=params.limit, page_token=params.next_page_token)
+

@@ -1,0 +1,384 @@
+"""The recording library over HTTP against the emulators, real ffmpeg and real Storage:
+uploads (de-duplicated, converted, kept when Storage fails), lookups, playback with HTTP
+Range, downloads, the admin listing, upload statistics and retries."""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import os
+import subprocess
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+from django.test import RequestFactory
+
+from calls.services import calls_sweep
+from devstack.emulators import free_port
+from integrations.firebase import firestore_client, storage_bucket
+from library import delivery, services
+from media import audio
+from tests.test_calls import error_of, invite, stored
+
+KOREAN_NAME = "엄마와 통화 11월.m4a"
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def _tone(seconds: float, frequency: int) -> list[str]:
+    return ["-f", "lavfi", "-i", f"sine=frequency={frequency}:duration={seconds}:sample_rate=44100"]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """What phones upload (each a 3 s tone, each different), and what they must not."""
+    folder = tmp_path_factory.mktemp("uploads")
+    made = {
+        "m4a": (["-c:a", "aac", "-b:a", "64k"], "call.m4a", 440),
+        "mp3": (["-c:a", "libmp3lame", "-b:a", "64k"], "call.mp3", 550),
+        "ogg": (["-c:a", "libvorbis"], "call.ogg", 660),
+        "wav": (["-c:a", "pcm_s16le", "-ac", "2"], "call.wav", 770),
+        "webm": (["-c:a", "libopus", "-b:a", "32k"], "call.webm", 880),
+    }
+    files = {}
+    for kind, (codec, name, frequency) in made.items():
+        files[kind] = folder / name
+        _ffmpeg(*_tone(3, frequency), *codec, str(files[kind]))
+    files["random"] = folder / "random.m4a"
+    files["random"].write_bytes(os.urandom(40_000))
+    files["text"] = folder / "notes.mp3"
+    files["text"].write_text("Not a recording: a shopping list.\n" * 100)
+    files["video"] = folder / "silent-video.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:size=64x64:rate=5", "-an",
+            str(files["video"]))
+    return files
+
+
+def upload(client, headers: dict, call_id: str, path: Path, **fields):
+    with path.open("rb") as file:
+        return client.post("/api/recordings/upload",
+                           data={"recording": file, "call_id": call_id, **fields},
+                           headers=headers)
+
+
+def objects() -> dict[str, int]:
+    """Every object in the bucket with its size."""
+    return {blob.name: blob.size for blob in storage_bucket().list_blobs()}
+
+
+def leftovers() -> list[str]:
+    root = settings.RECORDING_UPLOADS_DIR
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) \
+        if root.exists() else []
+
+
+def document(recording_id: str) -> dict:
+    return firestore_client().collection("recordings").document(recording_id).get().to_dict()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def call(as_user) -> dict:
+    return invite(as_user)
+
+
+@pytest.fixture
+def alice(bearer):
+    return bearer("alice")
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+def test_an_m4a_from_the_phone_is_kept_as_original_and_speech_ready_wav(client, alice, call,
+                                                                         media, tmp_path):
+    response = upload(client, alice, call["callId"], media["m4a"],
+                      original_filename=KOREAN_NAME, duration="3")
+
+    assert response.status_code == 201, response.content
+    answer = response.json()
+    assert answer["success"] is True and answer["duplicate"] is False
+    assert (answer["callId"], answer["status"], answer["format"]) == (
+        call["callId"], "completed", "wav")
+    assert abs(answer["duration"] - 3000) <= 100
+    recording = document(answer["recordingId"])
+    assert recording["source"] == "upload"
+    assert recording["sha256"] == _sha256(media["m4a"])
+    assert (recording["originalFilename"], recording["originalFormat"]) == (KOREAN_NAME, "m4a")
+    assert (recording["user1"], recording["user2"], recording["participants"]) == (
+        "alice", "bob", ["alice", "bob"])
+    assert recording["retryCount"] == 0 and recording["error"] is None
+    stored_objects = objects()
+    assert stored_objects[recording["originalPath"]] == media["m4a"].stat().st_size
+    assert stored_objects[recording["storagePath"]] == answer["fileSize"]
+    wav = tmp_path / "stored.wav"
+    storage_bucket().blob(recording["storagePath"]).download_to_filename(wav)
+    checked = audio.validate_wav(path=wav, expected_ms=3000)
+    assert (checked.sample_rate, checked.channels, checked.bits_per_sample) == (16000, 1, 16)
+    assert stored(call["callId"])["recordingId"] == answer["recordingId"]
+    assert leftovers() == []  # Storage has it: nothing stays on the server's disk
+
+
+@pytest.mark.parametrize("kind,expected", [("mp3", "mp3"), ("ogg", "ogg"), ("wav", "wav"),
+                                           ("webm", "webm")])
+def test_formats_are_recognised_by_content_not_by_name(client, alice, call, media, kind,
+                                                       expected, tmp_path):
+    disguised = tmp_path / "recording.txt"
+    disguised.write_bytes(media[kind].read_bytes())
+    response = upload(client, alice, call["callId"], disguised)
+    assert response.status_code == 201, response.content
+    recording = document(response.json()["recordingId"])
+    assert recording["originalFormat"] == expected
+    assert recording["originalPath"].endswith(f".{expected}")
+    assert recording["originalFilename"] == "recording.txt"
+
+
+def test_the_same_file_twice_for_a_call_is_one_recording(client, alice, bearer, call, media):
+    first = upload(client, alice, call["callId"], media["mp3"])
+    stored_before = objects()
+    again = upload(client, bearer("bob"), call["callId"], media["mp3"])
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["recordingId"] == first.json()["recordingId"]
+    assert again.json()["duplicate"] is True and again.json()["status"] == "completed"
+    assert objects() == stored_before
+    assert len(list(firestore_client().collection("recordings").stream())) == 1
+
+
+def test_the_same_file_for_another_call_is_another_recording(client, alice, as_user, call,
+                                                             media):
+    first = upload(client, alice, call["callId"], media["mp3"])
+    second = upload(client, alice, next_call(as_user, call), media["mp3"])
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["recordingId"] != second.json()["recordingId"]
+
+
+@pytest.mark.parametrize("kind", ["random", "text", "video"])
+def test_a_file_that_is_not_audio_is_refused_and_nothing_is_kept(client, alice, call, media,
+                                                                  kind):
+    response = upload(client, alice, call["callId"], media[kind])
+
+    error = error_of(response, 400, "unsupported_audio")
+    assert error["reason"] in ("not_audio", "corrupt_audio")
+    assert list(firestore_client().collection("recordings").stream()) == []
+    assert objects() == {}
+    assert leftovers() == []
+    assert stored(call["callId"])["recordingId"] is None
+
+
+def test_only_the_calls_participants_or_an_admin_upload(client, bearer, call, media):
+    error_of(upload(client, bearer("mallory"), call["callId"], media["m4a"]), 403,
+             "not_in_call")
+    error_of(upload(client, bearer("alice"), "no-such-call", media["m4a"]), 404,
+             "call_not_found")
+    error_of(upload(client, {}, call["callId"], media["m4a"]), 401, "unauthenticated")
+    assert upload(client, bearer("root", admin=True), call["callId"],
+                  media["m4a"]).status_code == 201
+    assert leftovers() == []
+
+
+def test_an_upload_without_its_fields_names_what_is_missing(client, alice, call, media):
+    with media["m4a"].open("rb") as file:
+        no_call = client.post("/api/recordings/upload", data={"recording": file},
+                              headers=alice)
+    assert "call_id" in error_of(no_call, 400, "validation_error")["message"]
+    no_file = client.post("/api/recordings/upload", data={"call_id": call["callId"]},
+                          headers=alice)
+    assert "recording" in error_of(no_file, 400, "validation_error")["message"]
+    as_json = client.post("/api/recordings/upload", data={"call_id": call["callId"]},
+                          content_type="application/json", headers=alice)
+    assert as_json.status_code == 400
+    assert leftovers() == []
+
+
+def test_a_recording_over_the_limit_is_refused_while_it_streams(client, alice, call, settings,
+                                                                tmp_path):
+    settings.RECORDING_MAX_UPLOAD_MB = 1
+    # Within the declared-size allowance (limit + 1 MiB of multipart), over the file limit:
+    # refused by the upload handler once 1 MiB has arrived.
+    big = tmp_path / "long.wav"
+    big.write_bytes(os.urandom(1024 * 1024 + 300_000))
+    error = error_of(upload(client, alice, call["callId"], big), 413, "recording_too_large")
+    assert "RECORDING_MAX_UPLOAD_MB" in error["message"]
+    # Declared larger than the limit allows: refused before a byte is read.
+    bigger = tmp_path / "longer.wav"
+    bigger.write_bytes(os.urandom(3 * 1024 * 1024))
+    error_of(upload(client, alice, call["callId"], bigger), 413, "payload_too_large")
+    assert leftovers() == []
+    assert objects() == {}
+
+
+# --- Storage down: kept, then retried ---------------------------------------------------------
+
+def test_storage_down_keeps_the_upload_and_a_retry_completes_it(start_server, securetoken,
+                                                                as_user, call, media, client):
+    dead = f"http://127.0.0.1:{free_port()}"
+    base = start_server(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
+                        STORAGE_UPLOAD_TIMEOUT_SECONDS="1", STORAGE_REQUEST_TIMEOUT_SECONDS="1",
+                        DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    headers = {"Authorization": f"Bearer {securetoken.mint('alice')}"}
+    with media["ogg"].open("rb") as file:
+        response = requests.post(f"{base}/api/recordings/upload", headers=headers,
+                                 files={"recording": ("call.ogg", file, "audio/ogg")},
+                                 data={"call_id": call["callId"]}, timeout=60)
+
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert (answer["status"], answer["error"]) == ("failed", "storage_unavailable")
+    recording_id = answer["recordingId"]
+    assert document(recording_id)["status"] == "failed"
+    assert leftovers() == [f"{recording_id}.ogg"]  # the original waits on disk
+
+    # Storage is back (this process's client uses the live emulator).
+    retried = as_user("bob").post(f"/api/recordings/{recording_id}/retry-upload", {})
+    assert retried.status_code == 200, retried.content
+    assert retried.json()["status"] == "completed"
+    recording = document(recording_id)
+    assert (recording["status"], recording["retryCount"], recording["error"]) == (
+        "completed", 1, None)
+    assert objects()[recording["originalPath"]] == media["ogg"].stat().st_size
+    assert leftovers() == []
+    again = as_user("bob").post(f"/api/recordings/{recording_id}/retry-upload", {})
+    assert error_of(again, 409, "not_failed")["status"] == "completed"
+
+
+def _fail(recording_id: str, **fields) -> None:
+    firestore_client().collection("recordings").document(recording_id).update(
+        {"status": "failed", "error": "storage_unavailable", **fields})
+
+
+def test_a_retry_without_the_local_file_reprocesses_the_stored_original(client, alice, call,
+                                                                         media, as_user):
+    recording_id = upload(client, alice, call["callId"], media["mp3"]).json()["recordingId"]
+    wav_path = document(recording_id)["storagePath"]
+    storage_bucket().delete_blob(wav_path)
+    _fail(recording_id)  # as if the WAV had not reached Storage
+
+    error_of(as_user("mallory").post(f"/api/recordings/{recording_id}/retry-upload", {}),
+             403, "not_in_call")
+    response = as_user("root", admin=True).post(
+        f"/api/recordings/{recording_id}/retry-upload", {})
+
+    assert response.status_code == 200, response.content
+    assert document(recording_id)["status"] == "completed"
+    assert wav_path in objects()
+    assert leftovers() == []
+
+
+def test_a_retry_with_nothing_to_retry_from_says_so(client, alice, call, media, as_user):
+    recording_id = upload(client, alice, call["callId"], media["mp3"]).json()["recordingId"]
+    _fail(recording_id, originalPath=None)
+    response = as_user("alice").post(f"/api/recordings/{recording_id}/retry-upload", {})
+    error_of(response, 409, "source_missing")
+    assert document(recording_id)["status"] == "failed"
+
+
+def test_the_sweep_fails_interrupted_uploads_and_retries_them(client, alice, as_user, call,
+                                                              media):
+    recording_id = upload(client, alice, call["callId"], media["webm"]).json()["recordingId"]
+    an_hour_ago = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    firestore_client().collection("recordings").document(recording_id).update(
+        {"status": "uploading", "updatedAt": an_hour_ago.replace("+00:00", "Z")})
+    fresh = upload(client, alice, next_call(as_user, call), media["ogg"]).json()
+    firestore_client().collection("recordings").document(fresh["recordingId"]).update(
+        {"status": "uploading"})  # in progress right now: left alone
+
+    calls_sweep(timeout_seconds=60)
+
+    recording = document(recording_id)
+    assert (recording["status"], recording["retryCount"]) == ("completed", 1)
+    assert document(fresh["recordingId"])["status"] == "uploading"
+
+
+def next_call(as_user, previous: dict) -> str:
+    """Alice calls Bob again (after cancelling `previous`, which keeps their lines busy)."""
+    assert as_user("alice").post("/api/call/cancel",
+                                 {"call_id": previous["callId"]}).status_code == 200
+    return invite(as_user)["callId"]
+
+
+def test_the_sweep_gives_up_after_the_automatic_retries(client, alice, call, media, settings):
+    recording_id = upload(client, alice, call["callId"], media["mp3"]).json()["recordingId"]
+    _fail(recording_id, retryCount=settings.RECORDING_UPLOAD_AUTO_RETRIES)
+    calls_sweep(timeout_seconds=60)
+    assert document(recording_id)["status"] == "failed"
+
+
+# --- lookups ----------------------------------------------------------------------------------
+
+def test_check_exists_by_call_by_file_and_by_channel_and_time(client, alice, bearer, call,
+                                                              media, as_user):
+    def check(query: str, who="alice"):
+        response = as_user(who).get(f"/api/recordings/check-exists?{query}")
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    sha = _sha256(media["m4a"])
+    channel = urllib.parse.quote(call["channelName"])
+    created_ms = int(stored(call["callId"])["createdAt"].timestamp() * 1000)
+    assert check(f"call_id={call['callId']}") == {"exists": False, "recordingId": None,
+                                                  "status": None}
+    recording_id = upload(client, alice, call["callId"], media["m4a"]).json()["recordingId"]
+
+    found = {"exists": True, "recordingId": recording_id, "status": "completed"}
+    assert check(f"call_id={call['callId']}") == found
+    assert check(f"sha256={sha}") == found
+    assert check(f"sha256={sha.upper()}", who="bob") == found
+    assert check(f"sha256={sha}", who="mallory")["exists"] is False  # not their call
+    assert check(f"channel={channel}") == found
+    assert check(f"channel={channel}&timestamp={created_ms}") == found
+    assert check(f"channel={channel}&timestamp={created_ms // 1000 + 60}") == found
+    assert check(f"channel={channel}&timestamp={created_ms + 3_600_000}")["exists"] is False
+    iso = datetime.fromtimestamp(created_ms / 1000, timezone.utc).isoformat()
+    assert check(f"channel={channel}&timestamp={urllib.parse.quote(iso)}") == found
+    error_of(as_user("mallory").get(f"/api/recordings/check-exists?call_id={call['callId']}"),
+             403, "not_in_call")
+    error_of(as_user("alice").get("/api/recordings/check-exists"), 400, "validation_error")
+    error_of(as_user("alice").get(f"/api/recordings/check-exists?call_id=x&sha256={sha}"),
+             400, "validation_error")
+    error_of(as_user("alice").get("/api/recordings/check-exists?sha256=xyz"), 400,
+             "validation_error")
+    error_of(as_user("alice").get(f"/api/recordings/check-exists?channel={channel}"
+                                  "&timestamp=yesterday"), 400, "validation_error")
+
+
+def test_has_recording_for_a_call_and_for_a_user(client, alice, call, media, as_user):
+    nothing = as_user("bob").get(f"/api/calls/{call['callId']}/has-recording").json()
+    assert nothing == {"hasRecording": False, "callId": call["callId"], "recordingId": None,
+                       "recordedAt": None, "duration": None}
+    assert as_user("alice").get("/api/users/alice/has-recording").json()["hasRecording"] is False
+    answer = upload(client, alice, call["callId"], media["m4a"]).json()
+
+    expected = {"hasRecording": True, "callId": call["callId"],
+                "recordingId": answer["recordingId"],
+                "recordedAt": document(answer["recordingId"])["recordedAt"],
+                "duration": answer["duration"]}
+    assert as_user("bob").get(f"/api/calls/{call['callId']}/has-recording").json() == expected
+    assert as_user("alice").get("/api/users/alice/has-recording").json() == expected
+    assert as_user("bob").get("/api/users/alice/has-recording").json() == expected  # their call
+    assert as_user("root", admin=True).get("/api/users/bob/has-recording").json() == expected
+    assert as_user("mallory").get("/api/users/alice/has-recording").json()[
+        "hasRecording"] is False
+    error_of(as_user("mallory").get(f"/api/calls/{call['callId']}/has-recording"), 403,
+             "not_in_call")
+    error_of(as_user("alice").get("/api/calls/nope/has-recording"), 404, "call_not_found")
+
+
+def test_has_recording_names_the_latest_completed_recording(client, alice, as_user, call,
+                                                             media):
+    older = upload(client, alice, call["callId"], media["m4a"]).json()["recordingId"]
+    later_call = next_call(as_user, call)
+    newer = upload(client, alice, later_call, media["mp3"]).json()["recordingId"]
+    assert as_user("alice").get("/api/users/alice/has-recording").json()[
+        "recordingId"] == newer
+    _fail(newer)
+    assert as_user("alice").get("/api/users/alice/has-recording").json()[
+        "recordingId"] == older
