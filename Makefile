@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m bench.push
 	$(PY) -m bench.media
 	$(PY) -m bench.recorder
+	$(PY) -m bench.uploads
 
 clean:
 	rm -rf $(VENV) .pytest_cache

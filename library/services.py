@@ -100,14 +100,24 @@ def _original_kind(info: audio.AudioInfo) -> tuple[str, str]:
     return ext, content_type
 
 
+_SERVER_SIDE_AUDIO_ERRORS = ("ffmpeg_missing", "timeout", "ffmpeg_failed")
+
+
+def _audio_failure(exc: audio.AudioError, what: str) -> ApiError:
+    """The file's fault (400 unsupported_audio) or the server's (503, the upload stays
+    pending and the sweep finishes it)."""
+    if exc.code in _SERVER_SIDE_AUDIO_ERRORS:
+        log.error("audio_tools_failed", error=exc.code, detail=exc.message[:300])
+        return ServiceUnavailable(f"The server cannot process audio right now ({exc.code}).",
+                                  code="audio_unavailable", reason=exc.code)
+    return UnsupportedAudio(f"{what} ({exc.code}).", reason=exc.code)
+
+
 def _probe_upload(path: Path) -> audio.AudioInfo:
     try:
         info = audio.probe(path=path, timeout_s=120)
-    except audio.FfmpegMissing:
-        raise
     except audio.AudioError as exc:
-        raise UnsupportedAudio(f"The file is not audio this server can read ({exc.code}).",
-                               reason=exc.code) from exc
+        raise _audio_failure(exc, "The file is not audio this server can read") from exc
     if not info.has_audio or info.duration_ms <= 0:
         raise UnsupportedAudio("The file holds no audio.", reason="not_audio")
     return info
@@ -216,11 +226,8 @@ def _process(recording: dict, *, source: Path) -> dict:
     try:
         try:
             converted = audio.convert_to_wav(src=source, dst=wav, allow_truncated=True)
-        except audio.FfmpegMissing:
-            raise
         except audio.AudioError as exc:
-            raise UnsupportedAudio(f"The file could not be converted ({exc.code}).",
-                                   reason=exc.code) from exc
+            raise _audio_failure(exc, "The file could not be converted") from exc
         changes = {"status": "uploading", "updatedAt": iso(utc_now())}
         store.recording_update(recording_id, changes)
         recording = {**recording, **changes}

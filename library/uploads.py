@@ -1,8 +1,8 @@
 """Receiving a recording from an app: the multipart body goes straight to disk.
 
 `RecordingUploadHandler` (settings.FILE_UPLOAD_HANDLERS) writes every uploaded file into
-`FILE_UPLOAD_TEMP_DIR` (`RECORDING_UPLOADS_DIR/.incoming`) in Django's 64 KiB chunks while computing its sha256
-and counting its bytes, so no file is ever held in memory and a file over
+`FILE_UPLOAD_TEMP_DIR` (`RECORDING_UPLOADS_DIR/.incoming`) in Django's 64 KiB chunks while
+computing its sha256 and counting its bytes, so no file is ever held in memory and a file over
 `RECORDING_MAX_UPLOAD_MB` is refused as soon as it passes the limit. The file is a
 `TemporaryUploadedFile`: Django deletes it when the request ends, so whatever goes wrong
 nothing is left behind; the upload service hard-links it to a name of its own to keep it.

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 from django.test import Client
+from google.cloud import storage
+from google.oauth2 import service_account
 
 from api.auth import verified_tokens
 from calls.services import _token_members
@@ -174,6 +176,22 @@ def any_channel(settings):
     """Tokens for any channel (TOKEN_CHANNEL_POLICY=authenticated), for tests about auth,
     errors and token building rather than about who may join a call."""
     settings.TOKEN_CHANNEL_POLICY = "authenticated"
+
+
+@pytest.fixture
+def signing_bucket():
+    """The default bucket through a client holding a throwaway service-account key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    credentials = service_account.Credentials.from_service_account_info({
+        "type": "service_account", "project_id": settings.FIREBASE_PROJECT_ID,
+        "private_key_id": "throwaway", "private_key": pem,
+        "client_email": "recorder@demo-memharbor-test.iam.gserviceaccount.com",
+        "token_uri": "http://127.0.0.1:9/token",  # never asked: signing is local
+    })
+    client = storage.Client(project=settings.FIREBASE_PROJECT_ID, credentials=credentials)
+    return client.bucket(settings.FIREBASE_STORAGE_BUCKET)
 
 
 @dataclass

@@ -174,6 +174,14 @@ def test_a_file_that_is_not_audio_is_refused_and_nothing_is_kept(client, alice, 
     assert stored(call["callId"])["recordingId"] is None
 
 
+def test_without_ffmpeg_an_upload_is_503_not_the_files_fault(client, alice, call, media,
+                                                               monkeypatch):
+    monkeypatch.setenv("FFMPEG_BINARY", "/nonexistent/ffmpeg")
+    response = upload(client, alice, call["callId"], media["m4a"])
+    assert error_of(response, 503, "audio_unavailable")["reason"] == "ffmpeg_missing"
+    assert objects() == {} and leftovers() == []
+
+
 def test_only_the_calls_participants_or_an_admin_upload(client, bearer, call, media):
     error_of(upload(client, bearer("mallory"), call["callId"], media["m4a"]), 403,
              "not_in_call")
@@ -382,3 +390,275 @@ def test_has_recording_names_the_latest_completed_recording(client, alice, as_us
     _fail(newer)
     assert as_user("alice").get("/api/users/alice/has-recording").json()[
         "recordingId"] == older
+
+
+# --- playback and download ----------------------------------------------------------------------
+
+@pytest.fixture
+def played(client, alice, call, media, settings) -> dict:
+    """A completed upload, its WAV's bytes, and Storage read 4 KiB at a time (so ranges
+    cross chunk boundaries)."""
+    settings.STORAGE_STREAM_CHUNK_BYTES = 4096
+    answer = upload(client, alice, call["callId"], media["m4a"],
+                    original_filename=KOREAN_NAME).json()
+    recording = document(answer["recordingId"])
+    wav = storage_bucket().blob(recording["storagePath"]).download_as_bytes()
+    return {"id": answer["recordingId"], "wav": wav, "size": len(wav)}
+
+
+def _get(client, headers: dict, path: str, range_header: str | None = None, **extra):
+    if range_header is not None:
+        extra["Range"] = range_header
+    return client.get(path, headers={**headers, **extra})
+
+
+def _body(response) -> bytes:
+    return b"".join(response.streaming_content) if response.streaming else response.content
+
+
+def test_playback_serves_the_whole_wav_and_says_it_takes_ranges(client, alice, played):
+    response = _get(client, alice, f"/api/recordings/{played['id']}/stream")
+    assert response.status_code == 200
+    assert _body(response) == played["wav"]
+    assert response["Accept-Ranges"] == "bytes"
+    assert response["Content-Type"] == "audio/wav"
+    assert int(response["Content-Length"]) == played["size"]
+    assert response["Content-Disposition"].startswith("inline")
+    assert response["ETag"]
+
+
+@pytest.mark.parametrize("header,start,end", [
+    ("bytes=0-0", 0, 0),
+    ("bytes=0-43", 0, 43),                    # the WAV header
+    ("bytes=10000-", 10000, None),            # open-ended
+    ("bytes=-500", -500, None),               # suffix: the last 500 bytes
+    ("bytes=4000-9000", 4000, 9000),          # across Storage chunks
+    ("bytes=100-999999999", 100, None),       # end past the file: clipped
+    ("bytes=0-9,5-19", 0, 19),                # overlapping: merged into one
+])
+def test_one_range_is_answered_with_206_and_exactly_those_bytes(client, alice, played, header,
+                                                                 start, end):
+    size, wav = played["size"], played["wav"]
+    first = start if start >= 0 else size + start
+    last = size - 1 if end is None else end
+    response = _get(client, alice, f"/api/recordings/{played['id']}/stream", header)
+    assert response.status_code == 206
+    assert response["Content-Range"] == f"bytes {first}-{last}/{size}"
+    assert int(response["Content-Length"]) == last - first + 1
+    assert _body(response) == wav[first:last + 1]
+
+
+def test_several_ranges_come_back_as_multipart_byteranges(client, alice, played):
+    size, wav = played["size"], played["wav"]
+    response = _get(client, alice, f"/api/recordings/{played['id']}/stream",
+                    "bytes=0-3, 8-15, -4")
+    assert response.status_code == 206
+    body = _body(response)
+    assert int(response["Content-Length"]) == len(body)
+    message = email.message_from_bytes(
+        f"Content-Type: {response['Content-Type']}\r\n\r\n".encode() + body)
+    assert message.get_content_type() == "multipart/byteranges"
+    parts = [(part["Content-Range"], part.get_payload(decode=True))
+             for part in message.get_payload()]
+    assert parts == [(f"bytes 0-3/{size}", wav[0:4]), (f"bytes 8-15/{size}", wav[8:16]),
+                     (f"bytes {size - 4}-{size - 1}/{size}", wav[-4:])]
+
+
+def test_an_unsatisfiable_range_is_416_with_the_size(client, alice, played):
+    size = played["size"]
+    for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
+        response = _get(client, alice, f"/api/recordings/{played['id']}/stream", header)
+        assert error_of(response, 416, "range_not_satisfiable")
+        assert response["Content-Range"] == f"bytes */{size}"
+
+
+@pytest.mark.parametrize("header", ["bytes=abc", "bytes=5-1", "items=0-10", "bytes=",
+                                    "bytes=" + ",".join(f"{n * 10}-{n * 10 + 1}"
+                                                        for n in range(20))])
+def test_a_range_that_cannot_be_understood_gets_the_whole_file(client, alice, played, header):
+    response = _get(client, alice, f"/api/recordings/{played['id']}/stream", header)
+    assert response.status_code == 200
+    assert _body(response) == played["wav"]
+
+
+def test_if_range_with_another_version_gets_the_whole_file(client, alice, played):
+    path = f"/api/recordings/{played['id']}/stream"
+    etag = _get(client, alice, path)["ETag"]
+    same = _get(client, alice, path, "bytes=0-3", HTTP_IF_RANGE=etag)
+    assert same.status_code == 206 and _body(same) == played["wav"][:4]
+    other = _get(client, alice, path, "bytes=0-3", **{"If-Range": '"another-version"'})
+    assert other.status_code == 200 and _body(other) == played["wav"]
+
+
+def test_download_is_an_attachment_named_after_the_original(client, alice, played, media):
+    response = _get(client, alice, f"/api/recordings/{played['id']}/download")
+    assert response.status_code == 200
+    assert _body(response) == played["wav"]
+    quoted = urllib.parse.quote("엄마와 통화 11월.wav")
+    assert response["Content-Disposition"] == f"attachment; filename*=utf-8''{quoted}"
+
+    original = _get(client, alice, f"/api/recordings/{played['id']}/download?file=original")
+    assert _body(original) == media["m4a"].read_bytes()
+    assert original["Content-Type"] == "audio/mp4"
+    assert original["Content-Disposition"] == (
+        f"attachment; filename*=utf-8''{urllib.parse.quote(KOREAN_NAME)}")
+
+
+def test_a_hostile_original_name_is_reduced_to_a_plain_file_name(client, alice, call, media):
+    answer = upload(client, alice, call["callId"], media["mp3"],
+                    original_filename='../../etc/"passwd"\r\nX-Evil: 1.mp3').json()
+    response = _get(client, alice, f"/api/recordings/{answer['recordingId']}/download")
+    disposition = response["Content-Disposition"]
+    assert "\r" not in disposition and "\n" not in disposition and "/" not in disposition
+    assert disposition == 'attachment; filename="\\"passwd\\"X-Evil: 1.wav"'
+
+
+def test_only_participants_and_admins_play_or_download(client, bearer, played):
+    for path in (f"/api/recordings/{played['id']}/stream",
+                 f"/api/recordings/{played['id']}/download"):
+        error_of(client.get(path, headers=bearer("mallory")), 403, "not_in_call")
+        error_of(client.get(path), 401, "unauthenticated")
+        assert client.get(path, headers=bearer("bob")).status_code == 200
+        assert client.get(path, headers=bearer("root", admin=True)).status_code == 200
+    error_of(client.get("/api/recordings/nope/stream", headers=bearer("bob")), 404,
+             "recording_not_found")
+
+
+def test_a_recording_not_yet_stored_is_not_playable(client, alice, played):
+    _fail(played["id"])
+    response = client.get(f"/api/recordings/{played['id']}/stream", headers=alice)
+    assert error_of(response, 409, "recording_not_ready")["status"] == "failed"
+
+
+def test_a_file_missing_from_storage_is_404_not_500(client, alice, played):
+    storage_bucket().delete_blob(document(played["id"])["storagePath"])
+    response = client.get(f"/api/recordings/{played['id']}/stream", headers=alice)
+    error_of(response, 404, "recording_file_missing")
+
+
+def test_with_a_signing_key_playback_redirects_to_a_short_lived_signed_url(played, alice,
+                                                                          signing_bucket):
+    request = RequestFactory().get("/", headers={"Range": "bytes=0-3"})
+    media_file = services.MediaFile(document(played["id"])["storagePath"], "audio/wav",
+                                    "엄마와 통화.wav")
+
+    inline = delivery.media_response(request, media_file, attachment=False,
+                                     bucket=signing_bucket)
+    attachment = delivery.media_response(request, media_file, attachment=True,
+                                         bucket=signing_bucket)
+
+    assert inline.status_code == attachment.status_code == 302
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(inline["Location"]).query)
+    assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"]
+    assert query["X-Goog-Expires"] == [str(settings.STORAGE_STREAM_URL_TTL_SECONDS)]
+    assert "response-content-disposition" not in query
+    signed = urllib.parse.parse_qs(urllib.parse.urlsplit(attachment["Location"]).query)
+    assert signed["response-content-disposition"] == [
+        "attachment; filename*=utf-8''" + urllib.parse.quote("엄마와 통화.wav")]
+    # Storage serves the ranges itself (fake-gcs-server does not check the signature).
+    fetched = requests.get(inline["Location"], headers={"Range": "bytes=0-3"}, timeout=10)
+    assert (fetched.status_code, fetched.content) == (206, b"RIFF")
+
+
+# --- the admin listing and the upload statistics -----------------------------------------------
+
+@pytest.fixture
+def library(client, bearer, as_user, media) -> dict:
+    """Three uploads: two of Alice and Bob's calls (one since failed), one of Carol and Dave
+    recorded in January."""
+    first = invite(as_user)
+    ids = {"first": upload(client, bearer("alice"), first["callId"], media["m4a"],
+                           original_filename="first.m4a").json()["recordingId"]}
+    ids["second"] = upload(client, bearer("bob"), next_call(as_user, first),
+                           media["mp3"]).json()["recordingId"]
+    other = invite(as_user, group_id="group2", caller_id="carol", receiver_id="dave")
+    ids["january"] = upload(client, bearer("dave"), other["callId"],
+                            media["ogg"]).json()["recordingId"]
+    firestore_client().collection("recordings").document(ids["january"]).update(
+        {"recordedAt": "2026-01-15T10:00:00.250000Z"})
+    _fail(ids["second"])
+    return ids
+
+
+def _listing(client, query: str = "", headers: dict | None = None):
+    return client.get(f"/api/admin/recordings?{query}",
+                      headers=headers or {"X-Ops-Key": settings.OPS_API_KEY})
+
+
+def _ids(response) -> list[str]:
+    assert response.status_code == 200, response.content
+    return [item["recordingId"] for item in response.json()["recordings"]]
+
+
+def test_the_admin_listing_pages_newest_first_with_the_total(client, library):
+    first = _listing(client, "limit=2")
+    assert _ids(first) == [library["second"], library["first"]]
+    assert first.json()["total"] == 3
+    token = first.json()["nextPageToken"]
+    last = _listing(client, f"limit=2&next_page_token={token}")
+    assert _ids(last) == [library["january"]]
+    assert (last.json()["total"], last.json()["nextPageToken"]) == (3, None)
+    item = first.json()["recordings"][1]
+    assert item["originalFilename"] == "first.m4a"
+    assert (item["format"], item["status"], item["source"]) == ("wav", "completed", "upload")
+    assert item["participants"] == ["alice", "bob"] and item["callId"]
+    assert item["duration"] > 2900 and item["fileSize"] > 90_000 and item["recordedAt"]
+
+
+@pytest.mark.parametrize("query,expected", [
+    ("user_id=alice", ["second", "first"]),
+    ("user_id=dave", ["january"]),
+    ("group_id=group2", ["january"]),
+    ("status=failed", ["second"]),
+    ("status=completed&user_id=bob", ["first"]),
+    ("source=upload&format=wav", ["second", "first", "january"]),
+    ("source=recorder", []),
+    ("format=webm", []),
+    ("date_from=2026-01-01&date_to=2026-01-31", ["january"]),
+    ("date_to=2026-01-15", ["january"]),              # inclusive
+    ("date_from=2026-01-16&user_id=dave", []),
+    ("date_from=2026-01-15T09:59:00Z&date_to=2026-01-15T10:00:00Z", ["january"]),
+    ("date_from=2026-01-15T10:00:01%2B00:00", ["second", "first"]),
+])
+def test_the_admin_listing_filters_and_counts_what_it_filters(client, library, query,
+                                                             expected):
+    response = _listing(client, query)
+    assert _ids(response) == [library[name] for name in expected]
+    assert response.json()["total"] == len(expected)
+
+
+def test_the_admin_listing_is_for_admins_and_ops_only(client, bearer, library):
+    error_of(_listing(client, headers=bearer("alice")), 403, "admin_required")
+    error_of(client.get("/api/admin/recordings"), 401, "unauthenticated")
+    assert len(_ids(_listing(client, headers=bearer("root", admin=True)))) == 3
+
+
+@pytest.mark.parametrize("query,code", [
+    ("limit=500", "validation_error"),
+    ("limit=0", "validation_error"),
+    ("status=lost", "validation_error"),
+    ("date_from=yesterday", "validation_error"),
+    ("date_from=2026-02-01&date_to=2026-01-01", "validation_error"),
+    ("next_page_token=no-such-recording", "bad_page_token"),
+])
+def test_the_admin_listing_explains_bad_queries(client, library, query, code):
+    error_of(_listing(client, query), 400, code)
+
+
+def test_upload_status_counts_from_aggregations(client, bearer, library):
+    response = client.get("/api/recordings/upload-status",
+                          headers={"X-Ops-Key": settings.OPS_API_KEY})
+    assert response.status_code == 200, response.content
+    status = response.json()
+    assert (status["completed"], status["failed"], status["pending"], status["uploading"],
+            status["total"]) == (2, 1, 0, 0, 3)
+    assert status["storageUsed"] == sum(objects().values())  # originals and WAVs
+    # The last completed upload ("second" has failed since): Dave's.
+    assert status["lastUploadId"] == library["january"]
+    assert status["lastUpload"] == document(library["january"])["uploadedAt"]
+    recorder_only = client.get("/api/recordings/upload-status?source=recorder",
+                               headers=bearer("root", admin=True)).json()
+    assert (recorder_only["total"], recorder_only["storageUsed"],
+            recorder_only["lastUpload"]) == (0, 0, None)
+    error_of(client.get("/api/recordings/upload-status", headers=bearer("alice")), 403,
+             "admin_required")

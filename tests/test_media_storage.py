@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from django.conf import settings as django_settings
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
-from google.oauth2 import service_account
 
 from devstack.emulators import free_port
 from integrations.firebase import storage_bucket
@@ -79,21 +76,6 @@ class LosesOneAnswer(requests.Session):
             if self.chunks_sent == self.nth_chunk:
                 raise requests.ConnectionError("connection reset before the answer arrived")
         return response
-
-
-@pytest.fixture
-def signing_bucket():
-    """The default bucket through a client holding a throwaway service-account key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    credentials = service_account.Credentials.from_service_account_info({
-        "type": "service_account", "project_id": django_settings.FIREBASE_PROJECT_ID,
-        "private_key_id": "throwaway", "private_key": pem,
-        "client_email": "recorder@demo-memharbor-test.iam.gserviceaccount.com",
-        "token_uri": "http://127.0.0.1:9/token",  # never asked: signing is local
-    })
-    return _client(credentials=credentials).bucket(django_settings.FIREBASE_STORAGE_BUCKET)
 
 
 def test_an_hour_long_call_goes_up_in_resumable_chunks_and_comes_back_identical(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from devstack.emulators import free_port, wait_until
@@ -149,3 +151,59 @@ def test_a_recording_that_cannot_be_converted_is_stored_as_webm(tmp_path):
     assert answer["firebase"]["storagePath"] == f"recordings/{webm.name}"
     document = firestore_client().collection("recordings").document("s-webm").get()
     assert (document.get("status"), document.get("format")) == ("completed", "webm")
+
+
+def test_recorder_recordings_and_uploads_live_in_one_library(as_user, client, recorder,
+                                                             settings, tmp_path):
+    call = invite(as_user)
+    started = _tone_session(recorder, call)
+    assert as_user("bob").post("/api/recording/stop",
+                               {"sid": started["sid"]}).status_code == 200
+    phone_copy = tmp_path / "phone.m4a"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=300:duration=2", "-c:a", "aac", str(phone_copy)],
+                   check=True)
+    with phone_copy.open("rb") as file:
+        uploaded = client.post("/api/recordings/upload",
+                               data={"recording": file, "call_id": call["callId"]},
+                               headers=as_user("alice").headers).json()
+
+    listed = client.get("/api/admin/recordings", headers={"X-Ops-Key": settings.OPS_API_KEY})
+    by_source = {item["source"]: item for item in listed.json()["recordings"]}
+    assert set(by_source) == {"recorder", "upload"} and listed.json()["total"] == 2
+    assert by_source["recorder"]["recordingId"] == started["sid"]
+    assert by_source["upload"]["recordingId"] == uploaded["recordingId"]
+    assert {item["callId"] for item in by_source.values()} == {call["callId"]}
+    played = as_user("bob").get(f"/api/recordings/{started['sid']}/stream")
+    assert played.status_code == 200 and b"".join(played.streaming_content)[:4] == b"RIFF"
+    status = client.get("/api/recordings/upload-status",
+                        headers={"X-Ops-Key": settings.OPS_API_KEY}).json()
+    assert (status["completed"], status["total"]) == (2, 2)
+    has = as_user("alice").get("/api/users/bob/has-recording").json()
+    assert has["hasRecording"] is True and has["callId"] == call["callId"]
+
+
+def test_retry_upload_of_a_failed_recorder_recording_asks_the_recorder(as_user, start_recorder,
+                                                                      settings):
+    dead = f"http://127.0.0.1:{free_port()}"
+    failing = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
+                             STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
+                             DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    settings.RECORDER_SERVICE_URL, settings.RECORDER_SECRET = failing.base, failing.secret
+    recorder_client._http.cache_clear()
+    call = invite(as_user)
+    started = _tone_session(failing, call)
+    assert failing.call("POST", f"/sessions/{started['sid']}/stop")[1]["status"] == "failed"
+
+    response = as_user("bob").post(f"/api/recordings/{started['sid']}/retry-upload", {})
+
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == "processing"
+    # Storage is still down for that recorder: its retry runs and fails again, counted.
+    wait_until(lambda: failing.sidecar(started["filename"])["retryCount"] == 2, timeout=60,
+               what="the recorder's retry")
+    recording = firestore_client().collection("recordings").document(started["sid"])
+    wait_until(lambda: recording.get().get("status") == "failed", timeout=30,
+               what="the recording failed again")
+    assert recording.get().get("retryCount") == 2
+    recorder_client._http.cache_clear()
