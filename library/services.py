@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -138,8 +139,6 @@ def _keep(received: Path, recording_id: str, ext: str) -> Path:
     try:
         os.link(received, temporary)
     except OSError:  # another filesystem: copy instead
-        import shutil
-
         shutil.copyfile(received, temporary)
     os.replace(temporary, kept)
     return kept
@@ -199,11 +198,16 @@ def recording_upload_receive(*, principal: Principal, call_id: str, received: Re
     kept = _keep(Path(received.temporary_file_path()), recording_id, ext)
     try:
         finished = _process(claimed, source=kept)
-    except UnsupportedAudio:
-        # Converting failed although probing passed: forget it entirely.
-        if not existing:
+    except UnsupportedAudio as exc:
+        # Converting failed although probing passed: a new recording is forgotten
+        # entirely; one that existed goes back to failed, its file kept.
+        if existing:
+            store.recording_update(recording_id, {"status": "failed",
+                                                  "error": exc.extra["reason"],
+                                                  "updatedAt": iso(utc_now())})
+        else:
             store.recording_delete(recording_id)
-        kept.unlink(missing_ok=True)
+            kept.unlink(missing_ok=True)
         raise
     return (201 if finished["status"] == "completed" else 202), _upload_answer(finished)
 
@@ -299,8 +303,13 @@ def _retry_upload(recording: dict) -> tuple[int, dict]:
         settings.RECORDING_UPLOADS_DIR.mkdir(parents=True, exist_ok=True)
         storage.recording_download(object_name=claimed["originalPath"], dst=downloaded)
     except storage.StorageError as exc:
-        store.recording_update(recording_id, {"status": "failed", "error": exc.code,
-                                              "updatedAt": iso(utc_now())})
+        lost = exc.code == "storage_not_found"
+        store.recording_update(recording_id, {
+            "status": "failed", "error": "source_missing" if lost else exc.code,
+            "updatedAt": iso(utc_now())})
+        if lost:
+            raise Conflict("The original is gone from Storage; upload it again.",
+                           code="source_missing") from exc
         raise ServiceUnavailable(f"Storage could not give back the original ({exc.code}).",
                                  code=exc.code) from exc
     try:
@@ -314,7 +323,7 @@ def _finish_retry(recording: dict, source: Path) -> tuple[int, dict]:
         finished = _process(recording, source=source)
     except UnsupportedAudio as exc:
         store.recording_update(recording["recordingId"], {
-            "status": "failed", "error": exc.extra.get("reason", exc.code),
+            "status": "failed", "error": exc.extra["reason"],
             "updatedAt": iso(utc_now())})
         raise
     return (200 if finished["status"] == "completed" else 202), _upload_answer(finished)
@@ -352,6 +361,8 @@ def uploads_retry_due(*, now: datetime | None = None, limit: int = 20) -> dict:
             if store.recording_move(recording["recordingId"], expect=(status,), changes={
                     "status": "failed", "error": "interrupted", "updatedAt": iso(now)}):
                 interrupted += 1
+    removed = _remove_abandoned_files(older_than=now.timestamp()
+                                      - settings.RECORDING_UPLOAD_STALE_SECONDS)
     retried = completed = 0
     for recording in store.recordings_oldest(
             [("source", "==", "upload"), ("status", "==", "failed")], limit=limit):
@@ -367,10 +378,26 @@ def uploads_retry_due(*, now: datetime | None = None, limit: int = 20) -> dict:
                         error=exc.code)
             continue
         completed += status == 200
-    if interrupted or retried:
+    if interrupted or retried or removed:
         log.info("uploads_retried", interrupted=interrupted, retried=retried,
-                 completed=completed)
-    return {"interrupted": interrupted, "retried": retried, "completed": completed}
+                 completed=completed, abandoned_files_removed=removed)
+    return {"interrupted": interrupted, "retried": retried, "completed": completed,
+            "abandonedFilesRemoved": removed}
+
+
+def _remove_abandoned_files(*, older_than: float) -> int:
+    """Half-received bodies and half-converted WAVs of workers that died (hidden names in
+    the uploads directory and its `.incoming`); kept originals are never touched."""
+    removed = 0
+    root = settings.RECORDING_UPLOADS_DIR
+    for path in [*root.glob(".*"), *Path(settings.FILE_UPLOAD_TEMP_DIR).glob("*")]:
+        try:
+            if path.is_file() and path.stat().st_mtime < older_than:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # finished (or removed) meanwhile
+    return removed
 
 
 # --- lookups -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import hashlib
 import os
 import subprocess
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -283,10 +284,15 @@ def test_a_retry_without_the_local_file_reprocesses_the_stored_original(client, 
 
 def test_a_retry_with_nothing_to_retry_from_says_so(client, alice, call, media, as_user):
     recording_id = upload(client, alice, call["callId"], media["mp3"]).json()["recordingId"]
+    storage_bucket().delete_blob(document(recording_id)["originalPath"])
+    _fail(recording_id)
+    response = as_user("alice").post(f"/api/recordings/{recording_id}/retry-upload", {})
+    error_of(response, 409, "source_missing")
+    assert (document(recording_id)["status"], document(recording_id)["error"]) == (
+        "failed", "source_missing")
     _fail(recording_id, originalPath=None)
     response = as_user("alice").post(f"/api/recordings/{recording_id}/retry-upload", {})
     error_of(response, 409, "source_missing")
-    assert document(recording_id)["status"] == "failed"
 
 
 def test_the_sweep_fails_interrupted_uploads_and_retries_them(client, alice, as_user, call,
@@ -662,3 +668,78 @@ def test_upload_status_counts_from_aggregations(client, bearer, library):
             recorder_only["lastUpload"]) == (0, 0, None)
     error_of(client.get("/api/recordings/upload-status", headers=bearer("alice")), 403,
              "admin_required")
+
+
+def test_the_sweep_removes_what_dead_workers_left_half_done(client, alice, call, media):
+    failed = upload(client, alice, call["callId"], media["mp3"]).json()["recordingId"]
+    _fail(failed, originalPath=None, retryCount=settings.RECORDING_UPLOAD_AUTO_RETRIES)
+    root = settings.RECORDING_UPLOADS_DIR
+    kept = root / f"{failed}.mp3"
+    kept.write_bytes(media["mp3"].read_bytes())  # an original waiting for Storage
+    incoming = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    abandoned = [incoming / "tmpabc.upload", root / ".x.0123.wav"]
+    fresh = incoming / "tmpnew.upload"  # a body arriving right now
+    day_ago = (datetime.now(timezone.utc) - timedelta(days=1)).timestamp()
+    for path in (*abandoned, fresh):
+        path.write_bytes(b"partial")
+    for path in (*abandoned, kept):
+        os.utime(path, (day_ago, day_ago))
+
+    calls_sweep(timeout_seconds=60)
+
+    assert leftovers() == sorted([f"{failed}.mp3", ".incoming/tmpnew.upload"])
+    fresh.unlink()
+    kept.unlink()
+
+
+def test_uploads_and_ranged_playback_through_gunicorn(start_server, securetoken, call, media):
+    base = start_server()
+    headers = {"Authorization": f"Bearer {securetoken.mint('bob')}"}
+    with media["webm"].open("rb") as file:
+        answer = requests.post(f"{base}/api/recordings/upload", headers=headers, timeout=60,
+                               files={"recording": ("통화.webm", file, "audio/webm")},
+                               data={"call_id": call["callId"]}).json()
+    assert answer["status"] == "completed", answer
+    wav = storage_bucket().blob(document(answer["recordingId"])["storagePath"]) \
+        .download_as_bytes()
+
+    path = f"{base}/api/recordings/{answer['recordingId']}"
+    ranged = requests.get(f"{path}/stream", headers={**headers, "Range": "bytes=-1000"},
+                          timeout=30)
+    assert ranged.status_code == 206
+    assert ranged.headers["Content-Range"] == f"bytes {len(wav) - 1000}-{len(wav) - 1}/{len(wav)}"
+    assert ranged.content == wav[-1000:]
+    whole = requests.get(f"{path}/download", headers=headers, timeout=30)
+    assert whole.content == wav
+    assert whole.headers["Content-Disposition"] == (
+        "attachment; filename*=utf-8''" + urllib.parse.quote("통화.wav"))
+
+
+def test_uploading_again_after_a_failure_reprocesses_the_recording(client, alice, call, media):
+    recording_id = upload(client, alice, call["callId"], media["ogg"]).json()["recordingId"]
+    _fail(recording_id)
+    again = upload(client, alice, call["callId"], media["ogg"])
+    assert again.status_code == 201, again.content
+    assert (again.json()["recordingId"], again.json()["duplicate"]) == (recording_id, False)
+    assert (document(recording_id)["status"], document(recording_id)["retryCount"]) == (
+        "completed", 1)
+
+
+def test_racing_identical_uploads_store_one_recording(start_server, securetoken, call, media):
+    base = start_server(GUNICORN_THREADS="6")
+    headers = {"Authorization": f"Bearer {securetoken.mint('alice')}"}
+
+    def send(_):
+        with media["m4a"].open("rb") as file:
+            return requests.post(f"{base}/api/recordings/upload", headers=headers, timeout=60,
+                                 files={"recording": ("call.m4a", file)},
+                                 data={"call_id": call["callId"]})
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(send, range(6)))
+
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [201]
+    assert len({a.json()["recordingId"] for a in answers}) == 1
+    assert len(objects()) == 2  # one original, one WAV
+    assert len(list(firestore_client().collection("recordings").stream())) == 1
+    assert leftovers() == []
