@@ -1,4 +1,5 @@
-"""Recordings in Firebase Storage: upload, URLs the apps can fetch, download, delete.
+"""Recordings in Firebase Storage: upload, URLs the apps can fetch, download, delete,
+metadata and ranged reads (for playback).
 
 Every function works on the default bucket (`integrations.firebase.storage_bucket()`)
 unless given another `bucket`. Every failure ends in one `StorageError(code, message)`
@@ -14,7 +15,8 @@ Settings (read at call time, defaults in brackets):
 `STORAGE_UPLOAD_TIMEOUT_SECONDS` [300] bounds one upload or download, retries included;
 `STORAGE_REQUEST_TIMEOUT_SECONDS` [30] bounds one metadata call (URL, delete);
 `STORAGE_UPLOAD_CHUNK_BYTES` [8 MiB] is the resumable chunk (rounded down to 256 KiB);
-`STORAGE_URL_TTL_SECONDS` [7 days, the V4 maximum] is how long a signed URL works.
+`STORAGE_URL_TTL_SECONDS` [7 days, the V4 maximum] is how long a signed URL works;
+`STORAGE_STREAM_CHUNK_BYTES` [1 MiB] is one read of `recording_chunks`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import os
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -36,6 +38,7 @@ import google_crc32c
 import requests
 import urllib3
 from django.conf import settings
+from django.utils.http import content_disposition_header
 from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exceptions
@@ -288,8 +291,6 @@ def recording_signed_url(*, object_name: str, ttl_seconds: int,
         return None
     disposition = None
     if attachment_filename is not None:
-        from django.utils.http import content_disposition_header
-
         disposition = content_disposition_header(True, attachment_filename)
     return _signed_url(bucket.blob(object_name), ttl_seconds=ttl_seconds,
                        disposition=disposition)

@@ -10,7 +10,7 @@ from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
-from tests.test_calls import invite, stored
+from tests.test_calls import error_of, invite, stored
 
 
 @pytest.fixture
@@ -117,25 +117,32 @@ def test_stop_needs_exactly_one_of_sid_or_channel(as_user):
     assert body["error"]["code"] == "validation_error"
 
 
-def test_the_sweep_asks_the_recorder_to_retry_failed_uploads(as_user, client, start_recorder,
-                                                             settings):
+@pytest.fixture
+def failed_recording(as_user, start_recorder, settings):
+    """A recorder whose Storage is down, used by the API, and a recording of a call it
+    could not store: (recorder, session)."""
     dead = f"http://127.0.0.1:{free_port()}"
     failing = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
                              STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
                              DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
     settings.RECORDER_SERVICE_URL, settings.RECORDER_SECRET = failing.base, failing.secret
     recorder_client._http.cache_clear()
-    call = invite(as_user)
-    started = _tone_session(failing, call)
+    started = _tone_session(failing, invite(as_user))
     assert failing.call("POST", f"/sessions/{started['sid']}/stop")[1]["status"] == "failed"
     assert failing.sidecar(started["filename"])["retryCount"] == 1
+    yield failing, started
+    recorder_client._http.cache_clear()
+
+
+def test_the_sweep_asks_the_recorder_to_retry_failed_uploads(client, failed_recording,
+                                                             settings):
+    failing, started = failed_recording
     # Storage is still down: the retry the sweep asks for fails too, and is counted.
     sweep = post_json(client, "/api/call/timeout/sweep", {}, {"X-Ops-Key": settings.OPS_API_KEY})
     assert sweep.status_code == 200
     wait_until(lambda: failing.sidecar(started["filename"])["retryCount"] == 2, timeout=60,
                what="the retry the sweep asked for")
     assert failing.sidecar(started["filename"])["state"] == "failed"
-    recorder_client._http.cache_clear()
 
 
 def test_a_recording_that_cannot_be_converted_is_stored_as_webm(tmp_path):
@@ -183,17 +190,11 @@ def test_recorder_recordings_and_uploads_live_in_one_library(as_user, client, re
     assert has["hasRecording"] is True and has["callId"] == call["callId"]
 
 
-def test_retry_upload_of_a_failed_recorder_recording_asks_the_recorder(as_user, start_recorder,
-                                                                      settings):
-    dead = f"http://127.0.0.1:{free_port()}"
-    failing = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
-                             STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
-                             DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
-    settings.RECORDER_SERVICE_URL, settings.RECORDER_SECRET = failing.base, failing.secret
-    recorder_client._http.cache_clear()
-    call = invite(as_user)
-    started = _tone_session(failing, call)
-    assert failing.call("POST", f"/sessions/{started['sid']}/stop")[1]["status"] == "failed"
+def test_retry_upload_of_a_failed_recorder_recording_asks_the_recorder(as_user,
+                                                                      failed_recording):
+    failing, started = failed_recording
+    error_of(as_user("mallory").post(f"/api/recordings/{started['sid']}/retry-upload", {}),
+             403, "not_in_call")
 
     response = as_user("bob").post(f"/api/recordings/{started['sid']}/retry-upload", {})
 
@@ -206,4 +207,3 @@ def test_retry_upload_of_a_failed_recorder_recording_asks_the_recorder(as_user, 
     wait_until(lambda: recording.get().get("status") == "failed", timeout=30,
                what="the recording failed again")
     assert recording.get().get("retryCount") == 2
-    recorder_client._http.cache_clear()
