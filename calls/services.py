@@ -27,7 +27,7 @@ from api.errors import (
     ValidationFailed,
 )
 from calls import states, store
-from calls.states import Actor, Invalid, Status
+from calls.states import Invalid, Status, actor_of
 from library.services import uploads_retry_due
 from push import services as push_services
 from recorder_bridge.services import recording_stop_for_call, recordings_retry_failed
@@ -178,20 +178,12 @@ def call_invite(*, principal: Principal, group_id: str, caller_id: str, receiver
     return {**call, **outcome}
 
 
-def _actor(call: dict, uid: str) -> Actor | None:
-    if uid == call["callerId"]:
-        return Actor.CALLER
-    if uid == call["receiverId"]:
-        return Actor.RECEIVER
-    return None
-
-
 _ROLE_WORDS = {"accept": "the receiver", "decline": "the receiver", "cancel": "the caller",
                "missed": "a participant", "end": "a participant"}
 
 
 def _refusal_or_decision(call: dict, *, uid: str, action: str):
-    actor = _actor(call, uid)
+    actor = actor_of(call, uid)
     if actor is None:
         return Forbidden("You are not a participant of this call.", code="not_a_participant")
     if actor not in states.ALLOWED_ACTORS[action]:
@@ -239,7 +231,7 @@ def call_status_get(*, principal: Principal, call_id: str, now: datetime | None 
     call = store.call_read(call_id)
     if call is None:
         raise NotFound(f"No call {call_id}.", code="call_not_found")
-    if _actor(call, principal.uid) is None and not principal.admin:
+    if actor_of(call, principal.uid) is None and not principal.admin:
         raise Forbidden("You are not a participant of this call.", code="not_a_participant")
     now = now or utcnow()
     if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
@@ -293,7 +285,7 @@ def call_token_check(*, principal: Principal, channel: str, now: datetime | None
         return
     now = now or utcnow()
     for call in store.calls_on_channel(channel):
-        if _actor(call, principal.uid) is None:
+        if actor_of(call, principal.uid) is None:
             continue
         if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
             _announce_applied(_contended(store.call_apply, call["callId"], None, now=now,

@@ -25,6 +25,15 @@ class Actor(str, Enum):
     SYSTEM = "system"  # the ring timeout, applied by whoever looks first or by the sweep
 
 
+def actor_of(call: dict, uid: str) -> Actor | None:
+    """Which party of `call` the user is; None for anyone else."""
+    if uid == call.get("callerId"):
+        return Actor.CALLER
+    if uid == call.get("receiverId"):
+        return Actor.RECEIVER
+    return None
+
+
 ACTIVE = frozenset({Status.PENDING, Status.ACCEPTED})
 FINAL = frozenset(Status) - ACTIVE
 

@@ -25,6 +25,7 @@ from django.conf import settings
 from api.auth import Principal
 from api.errors import ApiError, Conflict, Forbidden, NotFound, ServiceUnavailable
 from calls import store as call_store
+from calls.states import actor_of
 from library import store
 from library.uploads import ReceivedFile
 from media import audio, storage
@@ -61,15 +62,11 @@ class UnsupportedAudio(ApiError):
 
 # --- who may see what --------------------------------------------------------------------
 
-def _in_call(call: dict, uid: str) -> bool:
-    return uid in (call.get("callerId"), call.get("receiverId"))
-
-
 def _call_for(principal: Principal, call_id: str) -> dict:
     call = call_store.call_read(call_id)
     if call is None:
         raise NotFound("No call with this id.", code="call_not_found")
-    if not (principal.admin or _in_call(call, principal.uid)):
+    if not (principal.admin or actor_of(call, principal.uid) is not None):
         raise Forbidden("Only the call's participants or an admin can do this.",
                         code="not_in_call")
     return call
@@ -132,9 +129,14 @@ def _safe_original_name(name: str | None) -> str | None:
     return name[:200] or None
 
 
+def _kept_path(recording_id: str, ext: str) -> Path:
+    """Where an upload's original waits until Storage has it."""
+    return settings.RECORDING_UPLOADS_DIR / f"{recording_id}.{ext}"
+
+
 def _keep(received: Path, recording_id: str, ext: str) -> Path:
-    """Link the received file to the name it keeps until Storage has it."""
-    kept = settings.RECORDING_UPLOADS_DIR / f"{recording_id}.{ext}"
+    """Link the received file to its kept name."""
+    kept = _kept_path(recording_id, ext)
     temporary = kept.with_name(f".{kept.name}.{uuid.uuid4().hex}")
     try:
         os.link(received, temporary)
@@ -145,9 +147,15 @@ def _keep(received: Path, recording_id: str, ext: str) -> Path:
 
 
 def _kept_file(recording: dict) -> Path | None:
-    ext = recording.get("originalFormat") or "bin"
-    kept = settings.RECORDING_UPLOADS_DIR / f"{recording['recordingId']}.{ext}"
+    kept = _kept_path(recording["recordingId"], recording.get("originalFormat") or "bin")
     return kept if kept.exists() else None
+
+
+def _reopen(recording_id: str) -> dict | None:
+    """failed -> pending for one more attempt, atomically; None if it was not failed."""
+    return store.recording_move(recording_id, expect=("failed",), changes={
+        "status": "pending", "error": None, "updatedAt": iso(utc_now()),
+        "retryCount": lambda doc: int(doc.get("retryCount") or 0) + 1})
 
 
 def recording_upload_receive(*, principal: Principal, call_id: str, received: ReceivedFile,
@@ -169,9 +177,7 @@ def recording_upload_receive(*, principal: Principal, call_id: str, received: Re
     ext, content_type = _original_kind(info)
     now = iso(utc_now())
     if existing:
-        claimed = store.recording_move(recording_id, expect=("failed",), changes={
-            "status": "pending", "error": None, "updatedAt": now,
-            "retryCount": lambda doc: int(doc.get("retryCount") or 0) + 1})
+        claimed = _reopen(recording_id)
         if claimed is None:
             return 200, _upload_answer(store.recording_read(recording_id), duplicate=True)
     else:
@@ -290,9 +296,7 @@ def _retry_upload(recording: dict) -> tuple[int, dict]:
     if kept is None and not recording.get("originalPath"):
         raise Conflict("Neither this server nor Storage holds the original any more; "
                        "upload it again.", code="source_missing")
-    claimed = store.recording_move(recording_id, expect=("failed",), changes={
-        "status": "pending", "error": None, "updatedAt": iso(utc_now()),
-        "retryCount": lambda doc: int(doc.get("retryCount") or 0) + 1})
+    claimed = _reopen(recording_id)
     if claimed is None:
         raise Conflict("The recording is being retried already.", code="not_failed",
                        status=(store.recording_read(recording_id) or {}).get("status"))

@@ -12,6 +12,7 @@ from google.cloud import firestore
 from api.auth import Principal
 from api.errors import Forbidden, NotFound
 from calls import store
+from calls.states import actor_of
 from integrations.agora import rtc_token_build
 from integrations.firebase import firestore_client
 from recorder_bridge.client import recorder_call
@@ -20,7 +21,7 @@ log = structlog.get_logger("recordings")
 
 
 def _participant(call: dict | None, principal: Principal) -> bool:
-    return bool(call) and principal.uid in (call["callerId"], call["receiverId"])
+    return bool(call) and actor_of(call, principal.uid) is not None
 
 
 def recording_start(*, principal: Principal, channel: str, source: str = "agora") -> dict:
