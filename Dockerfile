@@ -38,7 +38,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     GUNICORN_BIND=0.0.0.0:8000 \
     LOG_DIR=/app/logs \
-    RECORDINGS_DIR=/app/recordings \
+    RECORDINGS_DIR=/app/var/recordings \
     RECORDER_PORT=3100
 
 COPY --from=deps /opt/venv /opt/venv
@@ -49,8 +49,8 @@ WORKDIR /app
 COPY . /app
 COPY --from=recorder-assets /src/recorder/node_modules/agora-rtc-sdk-ng/AgoraRTC_N-production.js \
      /app/recorder/static/vendor/AgoraRTC_N-production.js
-RUN mkdir -p /app/logs /app/recordings \
- && chown memharbor:memharbor /app/logs /app/recordings
+RUN mkdir -p /app/logs /app/var/recordings \
+ && chown memharbor:memharbor /app/logs /app/var/recordings
 
 USER memharbor
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass, field
 
 import structlog
 from django.conf import settings
@@ -21,23 +20,14 @@ from django.http import HttpRequest
 from firebase_admin import auth as firebase_auth
 from ninja.security import APIKeyHeader, HttpBearer
 
-from api.cache import ExpiringCache
-from api.errors import Forbidden, ServiceUnavailable, Unauthenticated
+from core.cache import ExpiringCache
+from core.errors import AdminRequired, Forbidden, ServiceUnavailable, Unauthenticated
+from core.principal import Principal
 from integrations import firebase
 
 log = structlog.get_logger("api.auth")
 
 _DEV_TOKEN = re.compile(r"^dev:(?P<uid>[A-Za-z0-9._\-]{1,128})(?P<admin>:admin)?$")
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The authenticated caller."""
-
-    uid: str
-    admin: bool = False
-    via: str = "firebase"  # firebase | dev | ops
-    claims: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 # Verified claims by token digest, until shortly before the token expires. An app reuses
@@ -135,8 +125,7 @@ class OpsOrAdminAuth(APIKeyHeader):
     def __call__(self, request: HttpRequest) -> Principal:
         principal = principal_from_ops_key(request) or principal_from_bearer(request)
         if principal.via != "ops" and not principal.admin:
-            raise Forbidden("This endpoint needs the ops key or an admin account.",
-                            code="admin_required")
+            raise AdminRequired()
         return _remember(request, principal)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Principal:  # pragma: no cover

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from django.conf import settings
@@ -11,8 +10,10 @@ from ninja import Header, Router, Schema
 from pydantic import Field, StrictInt, StringConstraints
 
 from api.auth import ops_or_admin_auth, user_auth
-from api.errors import ValidationFailed
 from calls import services
+from core.clock import iso
+from core.errors import ValidationFailed
+from ops.sweep import sweep_run
 
 router = Router(tags=["calls"], auth=user_auth)
 
@@ -42,18 +43,12 @@ class SweepIn(Schema):
     timeout_seconds: StrictInt | None = Field(None, ge=1, le=86400)
 
 
-def _iso(value):
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    return value
-
-
 _INTERNAL_FIELDS = {"idempotencyKey"}
 
 
 def call_public(call: dict) -> dict:
     """The call document as the apps read it (seed names; ISO 8601 UTC timestamps)."""
-    public = {key: _iso(value) for key, value in call.items() if key not in _INTERNAL_FIELDS}
+    public = {key: iso(value) for key, value in call.items() if key not in _INTERNAL_FIELDS}
     public["caregiverUserId"] = call["callerId"]
     public["giverNameSnapshot"] = call["callerName"]
     return public
@@ -115,5 +110,6 @@ def status(request: HttpRequest, call_id: CallId):
              summary="Move pending calls past the ring timeout to missed (ops key or admin)")
 def sweep(request: HttpRequest, payload: SweepIn):
     timeout = payload.timeout_seconds or settings.CALL_RING_TIMEOUT_SECONDS
-    updated = services.calls_sweep(timeout_seconds=timeout)
-    return {"success": True, "timeoutSeconds": timeout, "updatedCount": updated}
+    report = sweep_run(timeout_seconds=timeout)
+    return {"success": True, "timeoutSeconds": timeout, "updatedCount": report.updated_count,
+            "report": report.parts}

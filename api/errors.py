@@ -1,7 +1,8 @@
-"""One application error type and the one place that renders errors.
+"""The one place that renders errors as HTTP answers.
 
 Every error body is `{"error": {"code", "message"}}` plus `"success": false`, which the
-seed's clients read. App code raises an `ApiError` subclass; nothing else builds error JSON.
+seed's clients read. App code raises a `core.errors.AppError` subclass; nothing else builds
+error JSON.
 """
 
 from __future__ import annotations
@@ -11,65 +12,9 @@ import http
 import structlog
 from django.http import HttpRequest, JsonResponse
 
+from core.errors import AppError
+
 log = structlog.get_logger("api.errors")
-
-
-class ApiError(Exception):
-    """An error the client should see: HTTP status, stable machine code, human message."""
-
-    status = 400
-    code = "bad_request"
-    message = "The request is not valid."
-
-    def __init__(self, message: str | None = None, *, code: str | None = None,
-                 http_status: int | None = None, **extra):
-        self.message = message or self.message
-        self.code = code or self.code
-        self.status = http_status or self.status
-        self.extra = extra  # additional top-level fields of the error object
-        super().__init__(self.message)
-
-
-class ValidationFailed(ApiError):
-    code = "validation_error"
-
-
-class MalformedJson(ApiError):
-    code = "malformed_json"
-    message = "The request body is not valid JSON."
-
-
-class Unauthenticated(ApiError):
-    status = 401
-    code = "unauthenticated"
-    message = "Authentication required: send 'Authorization: Bearer <Firebase ID token>'."
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
-    message = "You are not allowed to do this."
-
-
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
-    message = "Not found."
-
-
-class Conflict(ApiError):
-    status = 409
-    code = "conflict"
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "payload_too_large"
-
-
-class ServiceUnavailable(ApiError):
-    status = 503
-    code = "service_unavailable"
 
 
 _CODES_BY_STATUS = {
@@ -100,7 +45,7 @@ def error_response(*, http_status: int, code: str | None = None, message: str | 
     return response
 
 
-def api_error_response(exc: ApiError) -> JsonResponse:
+def api_error_response(exc: AppError) -> JsonResponse:
     return error_response(http_status=exc.status, code=exc.code, message=exc.message,
                           **exc.extra)
 

@@ -11,9 +11,11 @@ from ninja.files import UploadedFile
 from ninja.responses import Status
 from pydantic import Field, StringConstraints, model_validator
 
+from api import delivery
 from api.auth import ops_or_admin_auth, user_auth
 from api.calls import CallId
-from library import delivery, services
+from library import admin, lookups, retries, uploads
+from recordings.states import STATUSES
 
 recordings_router = Router(tags=["recording library"], auth=user_auth)
 calls_router = Router(tags=["recording library"], auth=user_auth)
@@ -22,7 +24,7 @@ admin_router = Router(tags=["recording library"], auth=ops_or_admin_auth)
 
 RecordingId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,128}$")]
 Uid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,128}$")]
-RecordingStatus = Literal[services.STATUSES]  # type: ignore[valid-type]
+RecordingStatus = Literal[STATUSES]  # type: ignore[valid-type]
 Source = Literal["recorder", "upload"]
 
 
@@ -36,8 +38,8 @@ class UploadIn(Schema):
                         response={200: dict, 201: dict, 202: dict})
 def upload(request: HttpRequest, recording: File[UploadedFile], form: Form[UploadIn]):
     # FILE_UPLOAD_HANDLERS makes `recording` a ReceivedFile: on disk, with its sha256.
-    return Status(*services.recording_upload_receive(
-        principal=request.principal, call_id=form.call_id, received=recording,
+    return Status(*uploads.recording_upload_receive(
+        principal=request.principal, call_id=form.call_id, received=recording.received(),
         original_filename=form.original_filename, declared_duration=form.duration))
 
 
@@ -60,7 +62,7 @@ class CheckExistsIn(Schema):
 
 @recordings_router.get("/check-exists", summary="Is this recording on the server already?")
 def check_exists(request: HttpRequest, params: Query[CheckExistsIn]):
-    return services.recording_check_exists(
+    return lookups.recording_check_exists(
         principal=request.principal, call_id=params.call_id, sha256=params.sha256,
         channel=params.channel, timestamp=params.timestamp)
 
@@ -72,7 +74,7 @@ class StatusIn(Schema):
 @recordings_router.get("/upload-status", auth=ops_or_admin_auth,
                        summary="Recordings per status, last upload, bytes stored (admin)")
 def upload_status(request: HttpRequest, params: Query[StatusIn]):
-    return services.recordings_upload_status(source=params.source)
+    return admin.recordings_upload_status(source=params.source)
 
 
 class FileIn(Schema):
@@ -82,14 +84,14 @@ class FileIn(Schema):
 @recordings_router.get("/{recording_id}/stream",
                        summary="Play a recording (HTTP Range; may redirect to Storage)")
 def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
-    media = services.recording_media(principal=request.principal, recording_id=recording_id,
+    media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
     return delivery.media_response(request, media, attachment=False)
 
 
 @recordings_router.get("/{recording_id}/download", summary="Download a recording (attachment)")
 def download(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
-    media = services.recording_media(principal=request.principal, recording_id=recording_id,
+    media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
     return delivery.media_response(request, media, attachment=True)
 
@@ -97,19 +99,19 @@ def download(request: HttpRequest, recording_id: RecordingId, params: Query[File
 @recordings_router.post("/{recording_id}/retry-upload", response={200: dict, 202: dict},
                         summary="Retry a failed recording (admin or a participant)")
 def retry_upload(request: HttpRequest, recording_id: RecordingId):
-    return Status(*services.recording_retry(principal=request.principal,
+    return Status(*retries.recording_retry(principal=request.principal,
                                             recording_id=recording_id))
 
 
 @calls_router.get("/{call_id}/has-recording", summary="Does this call have a recording?")
 def call_has_recording(request: HttpRequest, call_id: CallId):
-    return services.call_has_recording(principal=request.principal, call_id=call_id)
+    return lookups.call_has_recording(principal=request.principal, call_id=call_id)
 
 
 @users_router.get("/{uid}/has-recording",
                   summary="The user's latest call with a completed recording")
 def user_has_recording(request: HttpRequest, uid: Uid):
-    return services.user_has_recording(principal=request.principal, uid=uid)
+    return lookups.user_has_recording(principal=request.principal, uid=uid)
 
 
 class AdminListIn(Schema):
@@ -126,7 +128,7 @@ class AdminListIn(Schema):
 
 @admin_router.get("/recordings", summary="Every recording, filtered and paged (admin)")
 def admin_recordings(request: HttpRequest, params: Query[AdminListIn]):
-    return services.recordings_admin_list(
+    return admin.recordings_admin_list(
         date_from=params.date_from, date_to=params.date_to, group_id=params.group_id,
         user_id=params.user_id, status=params.status, source=params.source,
         fmt=params.format, limit=params.limit, page_token=params.next_page_token)

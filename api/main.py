@@ -9,6 +9,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from api import errors
+from core.errors import AppError, MalformedJson, NotFound, Unauthenticated
 from api.calls import router as call_router
 from api.health import router as health_router
 from api.library import admin_router, calls_router, recordings_router, users_router
@@ -56,20 +57,20 @@ def _validation_message(exc: ValidationError) -> tuple[str, list[dict]]:
 
 
 def _render_any_error(request: HttpRequest, exc: Exception):
-    if isinstance(exc, errors.ApiError):
+    if isinstance(exc, AppError):
         return errors.api_error_response(exc)
     if isinstance(exc, ValidationError):
         message, details = _validation_message(exc)
         return errors.error_response(http_status=400, code="validation_error", message=message,
                                      details=details)
     if isinstance(exc, AuthenticationError):
-        return errors.api_error_response(errors.Unauthenticated())
+        return errors.api_error_response(Unauthenticated())
     if isinstance(exc, HttpError):
         if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
-            return errors.api_error_response(errors.MalformedJson())
+            return errors.api_error_response(MalformedJson())
         return errors.error_response(http_status=exc.status_code, message=str(exc))
     if isinstance(exc, Http404):
-        return errors.api_error_response(errors.NotFound())
+        return errors.api_error_response(NotFound())
     if isinstance(exc, RequestDataTooBig):
         return errors.error_response(http_status=413, message="The request body is too large.")
     if isinstance(exc, (MultiPartParserError, SuspiciousOperation)):

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from api.errors import error_response
-from library.uploads import upload_limit_bytes
+from api.uploads import upload_limit_bytes
 
 log = structlog.get_logger("api.request")
 

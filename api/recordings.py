@@ -9,7 +9,7 @@ from ninja import Query, Router, Schema
 from pydantic import Field, model_validator
 
 from api.auth import user_auth
-from api.tokens import agora_name
+from integrations.agora import CHANNEL_MAX_BYTES, agora_name
 from recorder_bridge import services
 
 router = Router(tags=["recordings"], auth=user_auth)
@@ -22,7 +22,7 @@ class StartIn(Schema):
 
     @model_validator(mode="after")
     def _agora_channel(self):
-        agora_name(self.channel, what="channel", max_bytes=64)
+        agora_name(self.channel, what="channel", max_bytes=CHANNEL_MAX_BYTES)
         if self.source is not None and not settings.DEBUG:
             raise ValueError("source is only accepted in local development mode")
         return self

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from django.conf import settings
@@ -13,24 +12,11 @@ from pydantic import Field, StrictInt, field_validator, model_validator
 from api.auth import user_auth
 from calls.services import call_token_check
 from integrations import agora
+from integrations.agora import ACCOUNT_MAX_BYTES, CHANNEL_MAX_BYTES, agora_name
 
 router = Router(tags=["token"], auth=user_auth)
 
 MAX_EXPIRE_SECONDS = 86400
-# Agora's channel-name alphabet: letters, digits, space and these punctuation marks.
-_AGORA_NAME = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{|}~,]+$")
-
-
-def agora_name(value: str, *, what: str, max_bytes: int) -> str:
-    """`value` if it is a valid Agora channel / account name, else ValueError saying why."""
-    size = len(value.encode("utf-8"))
-    if not 1 <= size <= max_bytes:
-        raise ValueError(f"{what} must be 1 to {max_bytes} bytes long (got {size})")
-    if not _AGORA_NAME.match(value):
-        raise ValueError(
-            f"{what} may contain only letters, digits, space and !#$%&()+-:;<=.>?@[]^_{{|}}~,"
-        )
-    return value
 
 
 class TokenIn(Schema):
@@ -44,12 +30,12 @@ class TokenIn(Schema):
     @field_validator("channel")
     @classmethod
     def _channel(cls, value: str) -> str:
-        return agora_name(value, what="channel", max_bytes=64)
+        return agora_name(value, what="channel", max_bytes=CHANNEL_MAX_BYTES)
 
     @field_validator("user_account")
     @classmethod
     def _account(cls, value: str | None) -> str | None:
-        return None if value is None else agora_name(value, what="user_account", max_bytes=255)
+        return None if value is None else agora_name(value, what="user_account", max_bytes=ACCOUNT_MAX_BYTES)
 
     @model_validator(mode="after")
     def _exactly_one_identity(self):

@@ -1,42 +1,44 @@
-"""Call actions: invite, answer, cancel, missed, end, status, sweep, and the token rule.
+"""Call actions: invite, answer, cancel, missed, end, status, settling ring timeouts, and
+the token rule.
 
 Each action runs its state change in one Firestore transaction (`store`) following the
 table in `states`, then announces what happened (`call_announce`: the pushes that ring or
-stop ringing a phone hang off that one function).
+stop ringing a phone, and the call-final signal, hang off that one function).
 """
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import structlog
 from django.conf import settings
 
-from api.auth import Principal
-from api.cache import ExpiringCache
-from api.errors import (
-    ApiError,
-    Conflict,
-    Forbidden,
-    NotFound,
-    ServiceUnavailable,
-    ValidationFailed,
-)
 from calls import states, store
+from calls.access import access_call
+from calls.events import call_final
 from calls.states import Invalid, Status, actor_of
-from library.services import uploads_retry_due
+from core.cache import ExpiringCache
+from core.clock import utc_now
+from core.errors import (
+    AppError,
+    CallNotFound,
+    Conflict,
+    Contention,
+    Forbidden,
+    InvalidTransition,
+    NotInCall,
+    ValidationFailed,
+    WrongParty,
+)
+from core.principal import Principal
+from integrations import agora
 from push import services as push_services
-from recorder_bridge.services import recording_stop_for_call, recordings_retry_failed
 
 log = structlog.get_logger("calls")
 
-# Ids inside a channel name: Agora's alphabet without "_" (the separator) and space.
-_ID = re.compile(r"^[A-Za-z0-9!#$%&()+\-:;<=.>?@\[\]^{|}~,]{1,128}$")
-_CHANNEL_MAX_BYTES = 64  # Agora's limit
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("5f0c8c4e-2b7e-4c55-9d7e-6d656d686172")
 
 _EVENTS = {  # the status a call reached -> the event announced
@@ -46,10 +48,6 @@ _EVENTS = {  # the status a call reached -> the event announced
     Status.MISSED: "call_missed",
     Status.ENDED: "call_ended",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def ring_timeout_seconds() -> int:
@@ -62,43 +60,28 @@ def call_announce(*, call: dict, event: str) -> dict:
 
     Events: incoming_call (ring the receiver), call_cancelled / call_declined /
     call_missed (stop the receiver's phone ringing), call_ended (tell the other party),
-    call_accepted (nobody: both apps are in the call). A call that ends also stops its
-    recording. Only the transaction that made the
-    change announces it, so a retried or raced transition never pushes twice.
+    call_accepted (nobody: both apps are in the call). A call that reaches a final status
+    sends `call_final` (its recordings stop) and forgets its token grants in this process.
+    Only the transaction that made the change announces it, so a retried or raced
+    transition never pushes twice.
     """
     log.info("call_event", call_id=call["callId"], call_event=event, status=call["status"])
     ttl = ring_timeout_seconds()
     if event == "incoming_call":  # ring only for what is left of the ring timeout
-        left = call["createdAt"] + timedelta(seconds=ttl) - utcnow()
+        left = call["createdAt"] + timedelta(seconds=ttl) - utc_now()
         ttl = max(1, int(left.total_seconds()))
-    if call["status"] in states.FINAL:  # a recording of this call ends with it
-        recording_stop_for_call(call)
+    if call["status"] in states.FINAL:
+        _token_members_forget(call)
+        call_final.send(sender="calls", call=call)
     outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl)
     return outcome.call_fields() if outcome else {}
 
 
 def channel_id_check(value: str, *, field: str) -> str:
-    if not _ID.match(value):
-        raise ValidationFailed(
-            f"{field}: 1 to 128 of letters, digits and !#$%&()+-:;<=.>?@[]^{{|}}~, "
-            "(no '_' or space: it separates the parts of the channel name)",
-            details=[{"field": field, "message": "invalid id"}],
-        )
+    if not agora.channel_id_valid(value):
+        raise ValidationFailed(f"{field}: {agora.ID_RULE}",
+                               details=[{"field": field, "message": "invalid id"}])
     return value
-
-
-def channel_name(*, group_id: str, caller_id: str, receiver_id: str, at: datetime) -> str:
-    """`{groupId}_{callerId}_{receiverId}_{ms}` (the seed's format) when it fits Agora's 64
-    bytes; otherwise each id is cut to the same prefix length so it does (Firebase uids
-    are 28 characters: two of them plus a group id do not fit). The call document keeps
-    the full ids; the channel is looked up, never parsed, to find its call."""
-    ms = str(int(at.timestamp() * 1000))
-    ids = [group_id, caller_id, receiver_id]
-    name = "_".join([*ids, ms])
-    if len(name.encode()) <= _CHANNEL_MAX_BYTES:
-        return name
-    room = (_CHANNEL_MAX_BYTES - len(ms) - 3) // 3
-    return "_".join([*(part[:room] for part in ids), ms])
 
 
 def _call_document(*, call_id: str, channel: str, group_id: str, caller_id: str,
@@ -148,13 +131,13 @@ def call_invite(*, principal: Principal, group_id: str, caller_id: str, receiver
         channel_id_check(value, field=field)
     if caller_id == receiver_id:
         raise ValidationFailed("You cannot call yourself.", code="self_call")
-    now = now or utcnow()
+    now = now or utc_now()
     call_id = (str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{caller_id}\n{idempotency_key}"))
                if idempotency_key else str(uuid.uuid4()))
     document = _call_document(
         call_id=call_id,
-        channel=channel_name(group_id=group_id, caller_id=caller_id, receiver_id=receiver_id,
-                             at=now),
+        channel=agora.channel_name(group_id=group_id, caller_id=caller_id,
+                                   receiver_id=receiver_id, at=now),
         group_id=group_id, caller_id=caller_id, receiver_id=receiver_id,
         caller_name=caller_name or caller_id, group_name_snapshot=group_name_snapshot,
         receiver_name_snapshot=receiver_name_snapshot, idempotency_key=idempotency_key,
@@ -185,15 +168,13 @@ _ROLE_WORDS = {"accept": "the receiver", "decline": "the receiver", "cancel": "t
 def _refusal_or_decision(call: dict, *, uid: str, action: str):
     actor = actor_of(call, uid)
     if actor is None:
-        return Forbidden("You are not a participant of this call.", code="not_a_participant")
+        return NotInCall("You are not a participant of this call.")
     if actor not in states.ALLOWED_ACTORS[action]:
-        return Forbidden(f"Only {_ROLE_WORDS[action]} can {action} this call.",
-                         code="wrong_party")
+        return WrongParty(f"Only {_ROLE_WORDS[action]} can {action} this call.")
     decision = states.decide(Status(call["status"]), action, actor)
     if isinstance(decision, Invalid):
-        return Conflict(f"Cannot {action} a call that is {call['status']}.",
-                        code="invalid_transition", status=call["status"],
-                        callId=call["callId"])
+        return InvalidTransition(f"Cannot {action} a call that is {call['status']}.",
+                                 status=call["status"], callId=call["callId"])
     return decision
 
 
@@ -204,16 +185,16 @@ def call_transition(*, principal: Principal, call_id: str, action: str,
     A repeat of the transition that already happened returns the call unchanged; any
     other impossible move raises 409 invalid_transition with the current status.
     """
-    now = now or utcnow()
+    now = now or utc_now()
     try:
         applied = _contended(
             store.call_apply, call_id,
             lambda call: _refusal_or_decision(call, uid=principal.uid, action=action),
             now=now, ring_timeout=ring_timeout_seconds(), by=principal.uid)
     except store.CallNotFound:
-        raise NotFound(f"No call {call_id}.", code="call_not_found") from None
+        raise CallNotFound(f"No call {call_id}.") from None
     _announce_applied(applied)
-    if isinstance(applied.verdict, ApiError):
+    if isinstance(applied.verdict, AppError):
         raise applied.verdict
     return applied.call
 
@@ -228,12 +209,8 @@ def _announce_applied(applied: store.Applied) -> None:
 def call_status_get(*, principal: Principal, call_id: str, now: datetime | None = None) -> dict:
     """The call as its participants (or an admin) see it, with an overdue ring timeout
     persisted first."""
-    call = store.call_read(call_id)
-    if call is None:
-        raise NotFound(f"No call {call_id}.", code="call_not_found")
-    if actor_of(call, principal.uid) is None and not principal.admin:
-        raise Forbidden("You are not a participant of this call.", code="not_a_participant")
-    now = now or utcnow()
+    call = access_call(principal, call_id)
+    now = now or utc_now()
     if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
         applied = _contended(store.call_apply, call_id, None, now=now,
                              ring_timeout=ring_timeout_seconds(), by=None)
@@ -242,10 +219,11 @@ def call_status_get(*, principal: Principal, call_id: str, now: datetime | None 
     return call
 
 
-def calls_sweep(*, timeout_seconds: int, now: datetime | None = None) -> int:
-    """Move every pending call older than `timeout_seconds` to missed, each in its own
-    transaction (calls that changed meanwhile are skipped); returns how many moved."""
-    now = now or utcnow()
+def calls_settle_expired(*, timeout_seconds: int, now: datetime | None = None) -> int:
+    """Move every pending call older than `timeout_seconds` to missed (and tell the
+    receivers), each in its own transaction; calls that changed meanwhile or stay
+    contended are skipped. Returns how many moved."""
+    now = now or utc_now()
     cutoff = now - timedelta(seconds=timeout_seconds)
 
     def settle(call: dict) -> bool:
@@ -261,31 +239,36 @@ def calls_sweep(*, timeout_seconds: int, now: datetime | None = None) -> int:
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="sweep") as pool:
         updated = sum(pool.map(settle, store.calls_ringing_since(cutoff)))
     log.info("calls_swept", timeout_seconds=timeout_seconds, updated=updated)
-    recordings_retry_failed()
-    try:
-        uploads_retry_due()
-    except Exception as exc:  # the sweep's own job is done; uploads wait for the next run
-        log.warning("uploads_retry_failed", error=repr(exc))
     return updated
 
 
 # (uid, channel) pairs recently found in an active call: a burst of token requests for
-# one call (both apps joining, retries on bad networks, renewals) queries Firestore once.
+# one call (both apps joining, retries on bad networks) reads Firestore once. A call that
+# ends drops its pairs here at once; other processes forget them within
+# CALL_TOKEN_CACHE_SECONDS.
 _token_members = ExpiringCache(max_entries=20000)
+
+
+def _token_members_forget(call: dict) -> None:
+    for uid in (call.get("callerId"), call.get("receiverId")):
+        _token_members.delete((uid, call.get("channelName")))
 
 
 def call_token_check(*, principal: Principal, channel: str, now: datetime | None = None) -> None:
     """Tokens are for the participants of a ringing or accepted call on `channel`
-    (unless TOKEN_CHANNEL_POLICY=authenticated). A positive answer is remembered for
-    CALL_TOKEN_CACHE_SECONDS (0: never)."""
+    (unless TOKEN_CHANNEL_POLICY=authenticated): one point read of `channels/{channel}`.
+    A positive answer is remembered for CALL_TOKEN_CACHE_SECONDS (0: never)."""
     if settings.TOKEN_CHANNEL_POLICY == "authenticated":
         return
     key = (principal.uid, channel)
     if _token_members.get(key):
         return
-    now = now or utcnow()
-    for call in store.calls_on_channel(channel):
-        if actor_of(call, principal.uid) is None:
+    now = now or utc_now()
+    entry = store.channel_read(channel)
+    # Calls created before channel entries existed are found by a query.
+    candidates = [entry] if entry else store.calls_on_channel(channel)
+    for call in candidates:
+        if actor_of(call, principal.uid) is None or call["status"] not in states.ACTIVE:
             continue
         if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
             _announce_applied(_contended(store.call_apply, call["callId"], None, now=now,
@@ -295,13 +278,12 @@ def call_token_check(*, principal: Principal, channel: str, now: datetime | None
             _token_members.put(key, True,
                                expires_at=time.time() + settings.CALL_TOKEN_CACHE_SECONDS)
         return
-    raise Forbidden("Tokens are issued only to the participants of an active call on this "
-                    "channel.", code="not_in_call")
+    raise NotInCall("Tokens are issued only to the participants of an active call on this "
+                    "channel.")
 
 
 def _contended(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except store.StoreContention:
-        raise ServiceUnavailable("Too many simultaneous changes to this call; retry.",
-                                 code="contention") from None
+        raise Contention() from None

@@ -5,12 +5,13 @@ Collections (written by the server only):
 - `lines/{uid}`: `{callId, claimedAt}` of the last call that user was part of, so "is
   this user busy?" is an atomic claim of one document rather than a query (a query cannot
   lock documents that do not exist yet, so two racing invites could both pass it).
+- `channels/{channelName}`: `{callId, callerId, receiverId, status, createdAt}`, written
+  with the call and kept in step by every transition's transaction, so "who may get a
+  token for this channel" is one point read.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
@@ -23,6 +24,7 @@ from integrations.firebase import firestore_client
 
 CALLS = "calls"
 LINES = "lines"
+CHANNELS = "channels"
 _MAX_ATTEMPTS = 25  # transactions retried on contention (racing accept/cancel)
 
 
@@ -40,32 +42,17 @@ class StoreContention(Exception):
     """A transaction kept losing to concurrent writers; the client may retry."""
 
 
-class ReadCounter:
-    """Documents read from `calls`, by id: what the sweep costs is observable."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.by_id: Counter[str] = Counter()
-
-    def add(self, call_id: str) -> None:
-        with self._lock:
-            self.by_id[call_id] += 1
-
-    def reset(self) -> None:
-        with self._lock:
-            self.by_id.clear()
-
-
-reads = ReadCounter()
-
-
 def _calls():
     return firestore_client().collection(CALLS)
 
 
-def _snapshot_dict(snap) -> dict:
-    reads.add(snap.id)
-    return snap.to_dict()
+def _channels():
+    return firestore_client().collection(CHANNELS)
+
+
+def _channel_entry(call: dict) -> dict:
+    return {key: call[key] for key in ("callId", "callerId", "receiverId", "status",
+                                       "createdAt")}
 
 
 def ring_expired(call: dict, *, now: datetime, ring_timeout: int) -> bool:
@@ -101,7 +88,7 @@ def _run(transactional_fn, *args):
 
 def call_read(call_id: str) -> dict | None:
     snap = _calls().document(call_id).get()
-    return _snapshot_dict(snap) if snap.exists else None
+    return snap.to_dict() if snap.exists else None
 
 
 @dataclass
@@ -126,7 +113,7 @@ def call_create(call: dict, *, now: datetime, ring_timeout: int) -> Created:
     ref = _calls().document(call["callId"])
     existing = ref.get()
     if existing.exists:
-        return Created(_snapshot_dict(existing), created=False)
+        return Created(existing.to_dict(), created=False)
     claimed, timed_out = [], []
     try:
         for uid in (call["callerId"], call["receiverId"]):
@@ -136,10 +123,13 @@ def call_create(call: dict, *, now: datetime, ring_timeout: int) -> Created:
         for uid in claimed:
             _line_release(uid, call["callId"])
         raise
+    batch = firestore_client().batch()
+    batch.create(ref, call)
+    batch.create(_channels().document(call["channelName"]), _channel_entry(call))
     try:
-        ref.create(call)
+        batch.commit()
     except gexc.Conflict:  # the same idempotency key won a race: that call is the answer
-        return Created(_snapshot_dict(ref.get()), created=False, timed_out=timed_out)
+        return Created(ref.get().to_dict(), created=False, timed_out=timed_out)
     return Created(call, created=True, timed_out=timed_out)
 
 
@@ -220,7 +210,7 @@ def call_apply(call_id: str, decide: Callable[[dict], object] | None, *, now: da
         snap = ref.get(transaction=transaction)
         if not snap.exists:
             raise CallNotFound(call_id)
-        call = _snapshot_dict(snap)
+        call = snap.to_dict()
         changes = {}
         timed_out = ring_expired(call, now=now, ring_timeout=ring_timeout)
         if timed_out:
@@ -233,6 +223,9 @@ def call_apply(call_id: str, decide: Callable[[dict], object] | None, *, now: da
             call = {**call, **more}
         if changes:
             transaction.update(ref, changes)
+            if "status" in changes and call.get("channelName"):
+                transaction.set(_channels().document(call["channelName"]),
+                                _channel_entry(call))
         return Applied(call, verdict, timed_out)
 
     return _run(apply)
@@ -248,10 +241,17 @@ def calls_ringing_since(cutoff: datetime, *, page_size: int = 300) -> Iterator[d
     while True:
         page = list((query.start_after(last) if last else query).stream())
         for snap in page:
-            yield _snapshot_dict(snap)
+            yield snap.to_dict()
         if len(page) < page_size:
             return
         last = page[-1]
+
+
+def channel_read(channel: str) -> dict | None:
+    """The call on `channel` in brief (`callId`, parties, `status`, `createdAt`): one
+    point read; None for a channel no call was created with."""
+    snap = _channels().document(channel).get()
+    return snap.to_dict() if snap.exists else None
 
 
 def calls_on_channel(channel: str, *, limit: int = 5) -> list[dict]:
@@ -259,10 +259,10 @@ def calls_on_channel(channel: str, *, limit: int = 5) -> list[dict]:
     query = (_calls().where(filter=firestore.FieldFilter("channelName", "==", channel))
              .where(filter=firestore.FieldFilter("status", "in", [s.value for s in ACTIVE]))
              .limit(limit))
-    return [_snapshot_dict(snap) for snap in query.stream()]
+    return [snap.to_dict() for snap in query.stream()]
 
 
 def call_update(call_id: str, fields: dict) -> None:
-    """Plain field update outside the state machine (push outcome, recording id)."""
+    """Plain field update outside the state machine (the push outcome)."""
     _calls().document(call_id).update(fields)
 

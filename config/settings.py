@@ -11,6 +11,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from integrations.firebase import GOOGLE_CERT_URL, with_scheme
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -46,20 +48,14 @@ FIREBASE_STORAGE_BUCKET = env.str(
 FIREBASE_USE_EMULATOR = env.bool("FIREBASE_USE_EMULATOR", default=False)
 FIRESTORE_EMULATOR_HOST = env.str("FIRESTORE_EMULATOR_HOST", default="")
 # Either name works; a bare host:port gets the http:// scheme the GCS client needs.
-FIREBASE_STORAGE_EMULATOR_HOST = _env_first(
+FIREBASE_STORAGE_EMULATOR_HOST = with_scheme(_env_first(
     "FIREBASE_STORAGE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"
-)
-if FIREBASE_STORAGE_EMULATOR_HOST and "://" not in FIREBASE_STORAGE_EMULATOR_HOST:
-    FIREBASE_STORAGE_EMULATOR_HOST = "http://" + FIREBASE_STORAGE_EMULATOR_HOST
+))
 # Service-account JSON itself, or a path to it.
 FIREBASE_SERVICE_ACCOUNT = env.str("FIREBASE_SERVICE_ACCOUNT", default="")
 GOOGLE_APPLICATION_CREDENTIALS = env.str("GOOGLE_APPLICATION_CREDENTIALS", default="")
 # Where Firebase ID-token signing certificates are fetched; tests point it at loopback.
-FIREBASE_AUTH_CERT_URL = env.str(
-    "FIREBASE_AUTH_CERT_URL",
-    default="https://www.googleapis.com/robot/v1/metadata/x509/"
-    "securetoken@system.gserviceaccount.com",
-)
+FIREBASE_AUTH_CERT_URL = env.str("FIREBASE_AUTH_CERT_URL", default=GOOGLE_CERT_URL)
 
 # Auth: "firebase" (always in production) or "dev" (accepts `Bearer dev:<uid>`, debug only).
 AUTH_MODE = env.str("AUTH_MODE", default="firebase")
@@ -68,7 +64,7 @@ OPS_API_KEY = env.str("OPS_API_KEY", default="")
 # Request limits and health
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES  # form fields; file data goes to disk
-FILE_UPLOAD_HANDLERS = ["library.uploads.RecordingUploadHandler"]
+FILE_UPLOAD_HANDLERS = ["api.uploads.RecordingUploadHandler"]
 DATA_UPLOAD_MAX_NUMBER_FILES = 1
 HEALTH_TIMEOUT_SECONDS = env.float("HEALTH_TIMEOUT_SECONDS", default=2.0)
 
@@ -112,7 +108,7 @@ STORAGE_STREAM_CHUNK_BYTES = env.int("STORAGE_STREAM_CHUNK_BYTES", default=1024 
 RECORDING_MAX_UPLOAD_MB = env.int("RECORDING_MAX_UPLOAD_MB", default=100)
 # Where received files wait (and stay until Storage has them); the recorder's files live
 # in RECORDINGS_DIR too, so one volume holds everything not yet in Storage.
-RECORDINGS_DIR = Path(env.str("RECORDINGS_DIR", default=str(BASE_DIR / "recordings")))
+RECORDINGS_DIR = Path(env.str("RECORDINGS_DIR", default=str(BASE_DIR / "var" / "recordings")))
 RECORDING_UPLOADS_DIR = Path(env.str("RECORDING_UPLOADS_DIR",
                                      default=str(RECORDINGS_DIR / "uploads")))
 FILE_UPLOAD_TEMP_DIR = str(RECORDING_UPLOADS_DIR / ".incoming")
@@ -178,8 +174,11 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.staticfiles",
     "ninja",
+    "config.apps.MemharborConfig",
     "calls",
     "push",
+    "recorder_bridge",
+    "ops",
 ]
 
 MIDDLEWARE = [

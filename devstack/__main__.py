@@ -36,7 +36,7 @@ DEV_DEFAULTS = {
     "GUNICORN_BIND": "127.0.0.1:8000",
     "RECORDER_PORT": "3100",
     "RECORDER_SECRET": "local-recorder-secret",
-    "RECORDINGS_DIR": str(ROOT / "recordings"),
+    "RECORDINGS_DIR": str(ROOT / "var" / "recordings"),
 }
 
 

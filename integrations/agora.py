@@ -1,4 +1,5 @@
-"""Agora RTC tokens, built with Agora's own Python package (`agoraiotools`).
+"""Agora: RTC tokens, built with Agora's own Python package (`agoraiotools`), and THE
+channel-name rule (which names Agora accepts, and how a call's channel is named).
 
 Both token versions: AccessToken2 ("007", Agora's current one) and AccessToken ("006",
 which older SDKs still accept). The builders in `agoraiotools` pick the issue time and the
@@ -8,9 +9,11 @@ injectable, so tests can compare against Agora's reference builders byte for byt
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from agoraiotools.AccessToken import (
     AccessToken as AccessToken006,
@@ -23,6 +26,56 @@ from agoraiotools.AccessToken import (
 )
 from agoraiotools.AccessToken2 import AccessToken as AccessToken2
 from agoraiotools.AccessToken2 import ServiceRtc
+
+# Agora's alphabet for channel names and user accounts: letters, digits, space and these.
+_NAME = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{|}~,]+$")
+NAME_RULE = "letters, digits, space and !#$%&()+-:;<=.>?@[]^_{|}~,"
+CHANNEL_MAX_BYTES = 64
+ACCOUNT_MAX_BYTES = 255
+# An id inside a call's channel name: the alphabet without "_" (the separator) and space.
+_ID = re.compile(r"^[A-Za-z0-9!#$%&()+\-:;<=.>?@\[\]^{|}~,]{1,128}$")
+ID_RULE = ("1 to 128 of letters, digits and !#$%&()+-:;<=.>?@[]^{|}~, "
+           "(no '_' or space: it separates the parts of the channel name)")
+
+
+def agora_name(value: str, *, what: str, max_bytes: int) -> str:
+    """`value` if Agora accepts it as a channel name or user account, else ValueError
+    saying why."""
+    size = len(value.encode("utf-8"))
+    if not 1 <= size <= max_bytes:
+        raise ValueError(f"{what} must be 1 to {max_bytes} bytes long (got {size})")
+    if not _NAME.match(value):
+        raise ValueError(f"{what} may contain only {NAME_RULE}")
+    return value
+
+
+def channel_valid(value: object) -> bool:
+    """Whether Agora accepts `value` as a channel name."""
+    try:
+        return isinstance(value, str) and bool(
+            agora_name(value, what="channel", max_bytes=CHANNEL_MAX_BYTES))
+    except ValueError:
+        return False
+
+
+def channel_id_valid(value: str) -> bool:
+    """Whether `value` may be one of the ids a call's channel name is made of."""
+    return bool(_ID.match(value))
+
+
+def channel_name(*, group_id: str, caller_id: str, receiver_id: str, at: datetime) -> str:
+    """`{groupId}_{callerId}_{receiverId}_{ms}` (the seed's format) when it fits Agora's 64
+    bytes; otherwise each id is cut to the same prefix length so it does (Firebase uids
+    are 28 characters: two of them plus a group id do not fit). The call document keeps
+    the full ids; the channel is looked up, never parsed, to find its call."""
+    ms = str(int(at.timestamp() * 1000))
+    ids = [group_id, caller_id, receiver_id]
+    name = "_".join([*ids, ms])
+    if len(name.encode()) <= CHANNEL_MAX_BYTES:
+        return name
+    room = (CHANNEL_MAX_BYTES - len(ms) - 3) // 3
+    return "_".join([*(part[:room] for part in ids), ms])
+
 
 ROLES = ("publisher", "subscriber")
 VERSIONS = ("007", "006")

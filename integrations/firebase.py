@@ -1,27 +1,74 @@
-"""The one Firebase app of this process, initialised lazily and emulator-aware.
+"""The one Firebase app of this process, initialised lazily from an explicit configuration.
 
+Who runs the process says where the configuration comes from: the Django API from its
+settings (`config/apps.py`), the recorder from its environment (`FirebaseConfig.from_env`).
 With emulators: `AnonymousCredentials` and the emulator hosts exported for the Google
-clients. In production: the service-account JSON (inline or a path) from
-`FIREBASE_SERVICE_ACCOUNT`, else Application Default Credentials.
+clients. In production: the service-account JSON (inline or a path), else Application
+Default Credentials.
 """
+
+from __future__ import annotations
 
 import json
 import os
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable, Mapping
 
 import firebase_admin
-from django.conf import settings
 from firebase_admin import auth, credentials, firestore, storage
 from google.auth.credentials import AnonymousCredentials
 
+GOOGLE_CERT_URL = ("https://www.googleapis.com/robot/v1/metadata/x509/"
+                   "securetoken@system.gserviceaccount.com")
+
+
+@dataclass(frozen=True)
+class FirebaseConfig:
+    project_id: str
+    storage_bucket: str
+    use_emulator: bool = False
+    firestore_emulator_host: str = ""
+    storage_emulator_host: str = ""  # with its http:// scheme
+    service_account: str = ""  # the JSON itself, or a path to it; empty: ADC
+    auth_cert_url: str = GOOGLE_CERT_URL  # where ID-token certificates are fetched
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "FirebaseConfig":
+        """The same variable names the API's settings read (see .env.example)."""
+        project = environ.get("FIREBASE_PROJECT_ID", "") or "demo-memharbor"
+        return cls(
+            project_id=project,
+            storage_bucket=environ.get("FIREBASE_STORAGE_BUCKET", "") or f"{project}.appspot.com",
+            use_emulator=environ.get("FIREBASE_USE_EMULATOR", "").lower() in ("1", "true", "yes", "on"),
+            firestore_emulator_host=environ.get("FIRESTORE_EMULATOR_HOST", ""),
+            storage_emulator_host=with_scheme(environ.get("FIREBASE_STORAGE_EMULATOR_HOST", "")
+                                              or environ.get("STORAGE_EMULATOR_HOST", "")),
+            service_account=environ.get("FIREBASE_SERVICE_ACCOUNT", ""),
+            auth_cert_url=environ.get("FIREBASE_AUTH_CERT_URL", "") or GOOGLE_CERT_URL,
+        )
+
+
+def with_scheme(host: str) -> str:
+    """The GCS client needs `http://` in STORAGE_EMULATOR_HOST; a bare host:port gets it."""
+    return "http://" + host if host and "://" not in host else host
+
+
 _init_lock = threading.Lock()
+_config_source: Callable[[], FirebaseConfig] = FirebaseConfig.from_env
 
 
-def _credential():
-    if settings.FIREBASE_USE_EMULATOR:
+def configure(source: Callable[[], FirebaseConfig]) -> None:
+    """Where this process's configuration comes from; read once, at the first use."""
+    global _config_source
+    _config_source = source
+
+
+def _credential(config: FirebaseConfig):
+    if config.use_emulator:
         return AnonymousCredentials()
-    raw = settings.FIREBASE_SERVICE_ACCOUNT.strip()
+    raw = config.service_account.strip()
     if raw.startswith("{"):
         return credentials.Certificate(json.loads(raw))
     if raw:
@@ -29,12 +76,12 @@ def _credential():
     return credentials.ApplicationDefault()
 
 
-def _export_emulator_hosts() -> None:
-    # The Google client libraries read these variables, not Django settings.
-    if settings.FIRESTORE_EMULATOR_HOST:
-        os.environ["FIRESTORE_EMULATOR_HOST"] = settings.FIRESTORE_EMULATOR_HOST
-    if settings.FIREBASE_STORAGE_EMULATOR_HOST:
-        os.environ["STORAGE_EMULATOR_HOST"] = settings.FIREBASE_STORAGE_EMULATOR_HOST
+def _export_emulator_hosts(config: FirebaseConfig) -> None:
+    # The Google client libraries read these variables, not our configuration.
+    if config.firestore_emulator_host:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = config.firestore_emulator_host
+    if config.storage_emulator_host:
+        os.environ["STORAGE_EMULATOR_HOST"] = config.storage_emulator_host
 
 
 def firebase_app() -> firebase_admin.App:
@@ -44,21 +91,23 @@ def firebase_app() -> firebase_admin.App:
             return firebase_admin.get_app()
         except ValueError:
             pass
-        if settings.FIREBASE_USE_EMULATOR:
-            _export_emulator_hosts()
+        config = _config_source()
+        if config.use_emulator:
+            _export_emulator_hosts(config)
         app = firebase_admin.initialize_app(
-            _credential(),
-            {
-                "projectId": settings.FIREBASE_PROJECT_ID,
-                "storageBucket": settings.FIREBASE_STORAGE_BUCKET,
-            },
+            _credential(config),
+            {"projectId": config.project_id, "storageBucket": config.storage_bucket},
         )
         # verify_id_token has no public option for the certificate URL; tests serve
         # certificates of a throwaway key on loopback, production keeps Google's URL.
         auth._get_client(app)._token_verifier.id_token_verifier.cert_url = (
-            settings.FIREBASE_AUTH_CERT_URL
-        )
+            config.auth_cert_url)
         return app
+
+
+def storage_emulated() -> bool:
+    """Storage is fake-gcs-server (download URLs are built for it, not Firebase's host)."""
+    return bool(os.environ.get("STORAGE_EMULATOR_HOST")) and _config_source().use_emulator
 
 
 @lru_cache(maxsize=1)

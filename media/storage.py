@@ -11,7 +11,8 @@ within a bounded time:
 - `storage_corrupt` — the bytes stored are not the bytes sent; the object was removed.
 - `storage_error` — anything else Storage refused (permissions, a missing bucket, ...).
 
-Settings (read at call time, defaults in brackets):
+Limits come from a `StorageConfig` that the process supplies (`configure`; by default
+from the environment, same names as the API's settings, defaults in brackets):
 `STORAGE_UPLOAD_TIMEOUT_SECONDS` [300] bounds one upload or download, retries included;
 `STORAGE_REQUEST_TIMEOUT_SECONDS` [30] bounds one metadata call (URL, delete);
 `STORAGE_UPLOAD_CHUNK_BYTES` [8 MiB] is the resumable chunk (rounded down to 256 KiB);
@@ -37,8 +38,6 @@ from pathlib import Path
 import google_crc32c
 import requests
 import urllib3
-from django.conf import settings
-from django.utils.http import content_disposition_header
 from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exceptions
@@ -46,7 +45,7 @@ from google.auth.credentials import Signing
 from google.cloud.storage import Blob, Bucket
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
-from integrations.firebase import storage_bucket
+from integrations.firebase import storage_bucket, storage_emulated
 
 DOWNLOAD_TOKENS_KEY = "firebaseStorageDownloadTokens"  # what Firebase Storage reads
 FIREBASE_DOWNLOAD_BASE = "https://firebasestorage.googleapis.com/v0"
@@ -75,6 +74,41 @@ class StorageError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    upload_timeout_seconds: float = 300
+    request_timeout_seconds: float = 30
+    upload_chunk_bytes: int = 8 * 1024 * 1024
+    url_ttl_seconds: int = MAX_URL_TTL_SECONDS
+    stream_chunk_bytes: int = 1024 * 1024
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "StorageConfig":
+        def number(name: str, default, kind=float):
+            raw = environ.get(name, "").strip()
+            return kind(raw) if raw else default
+        return cls(
+            upload_timeout_seconds=number("STORAGE_UPLOAD_TIMEOUT_SECONDS", 300),
+            request_timeout_seconds=number("STORAGE_REQUEST_TIMEOUT_SECONDS", 30),
+            upload_chunk_bytes=number("STORAGE_UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024, int),
+            url_ttl_seconds=number("STORAGE_URL_TTL_SECONDS", MAX_URL_TTL_SECONDS, int),
+            stream_chunk_bytes=number("STORAGE_STREAM_CHUNK_BYTES", 1024 * 1024, int),
+        )
+
+
+_config_source = StorageConfig.from_env
+
+
+def configure(source) -> None:
+    """Where the limits come from (a callable returning a StorageConfig, read per call)."""
+    global _config_source
+    _config_source = source
+
+
+def _config() -> StorageConfig:
+    return _config_source()
 
 
 @dataclass(frozen=True)
@@ -160,7 +194,7 @@ def recording_upload(*, path: Path, object_name: str, content_type: str,
     `url` works at once.
     """
     bucket = bucket or storage_bucket()
-    deadline = _Deadline(_seconds("STORAGE_UPLOAD_TIMEOUT_SECONDS", 300))
+    deadline = _Deadline(_config().upload_timeout_seconds)
     local_crc32c = _file_crc32c(path)
     metadata = dict(metadata or {})
     if not _can_sign(bucket):
@@ -209,7 +243,7 @@ def recording_url(*, object_name: str, bucket: Bucket | None = None) -> str:
     bucket = bucket or storage_bucket()
     if _can_sign(bucket):
         return _signed_url(bucket.blob(object_name))
-    deadline = _Deadline(_seconds("STORAGE_REQUEST_TIMEOUT_SECONDS", 30))
+    deadline = _Deadline(_config().request_timeout_seconds)
     try:
         for _ in range(3):
             blob = _existing_blob(bucket, object_name, deadline)
@@ -234,7 +268,7 @@ def recording_url(*, object_name: str, bucket: Bucket | None = None) -> str:
 def recording_delete(*, object_name: str, bucket: Bucket | None = None) -> bool:
     """Delete the object; False when there was none."""
     bucket = bucket or storage_bucket()
-    deadline = _Deadline(_seconds("STORAGE_REQUEST_TIMEOUT_SECONDS", 30))
+    deadline = _Deadline(_config().request_timeout_seconds)
     try:
         bucket.delete_blob(object_name, retry=deadline.retry(),
                            timeout=deadline.request_timeout())
@@ -250,7 +284,7 @@ def recording_download(*, object_name: str, dst: Path,
     """Stream the object to `dst` (replaced only once the whole object has arrived and
     its checksum matched) within `STORAGE_UPLOAD_TIMEOUT_SECONDS`, retries included."""
     bucket = bucket or storage_bucket()
-    deadline = _Deadline(_seconds("STORAGE_UPLOAD_TIMEOUT_SECONDS", 300))
+    deadline = _Deadline(_config().upload_timeout_seconds)
     part = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.part")
     try:
         blob = _existing_blob(bucket, object_name, deadline)
@@ -273,7 +307,7 @@ def recording_download(*, object_name: str, dst: Path,
 def recording_stat(*, object_name: str, bucket: Bucket | None = None) -> StoredObject:
     """The object's size, checksums, generation and time, without its bytes."""
     bucket = bucket or storage_bucket()
-    deadline = _Deadline(_seconds("STORAGE_REQUEST_TIMEOUT_SECONDS", 30))
+    deadline = _Deadline(_config().request_timeout_seconds)
     try:
         return _stored(_existing_blob(bucket, object_name, deadline), url=None)
     except _FAILURES as exc:
@@ -281,17 +315,14 @@ def recording_stat(*, object_name: str, bucket: Bucket | None = None) -> StoredO
 
 
 def recording_signed_url(*, object_name: str, ttl_seconds: int,
-                         attachment_filename: str | None = None,
+                         disposition: str | None = None,
                          bucket: Bucket | None = None) -> str | None:
     """A V4 signed GET URL living `ttl_seconds` (Storage serves HTTP Range on it itself),
-    as an attachment named `attachment_filename` when given; None when the credentials
-    cannot sign (the emulator, ADC without a key)."""
+    answered with the `Content-Disposition` header value `disposition` when given; None
+    when the credentials cannot sign (the emulator, ADC without a key)."""
     bucket = bucket or storage_bucket()
     if not _can_sign(bucket):
         return None
-    disposition = None
-    if attachment_filename is not None:
-        disposition = content_disposition_header(True, attachment_filename)
     return _signed_url(bucket.blob(object_name), ttl_seconds=ttl_seconds,
                        disposition=disposition)
 
@@ -302,12 +333,12 @@ def recording_chunks(*, stored: StoredObject, start: int, end: int,
     fetched `STORAGE_STREAM_CHUNK_BYTES` [1 MiB] at a time with HTTP Range: memory stays
     at one chunk whatever the length. Raises StorageError (mid-stream too)."""
     bucket = bucket or storage_bucket()
-    chunk_bytes = max(int(getattr(settings, "STORAGE_STREAM_CHUNK_BYTES", 1024 * 1024)), 1)
+    chunk_bytes = max(int(_config().stream_chunk_bytes), 1)
     blob = bucket.blob(stored.object_name, generation=stored.generation)
     position = start
     while position <= end:
         last = min(position + chunk_bytes - 1, end)
-        deadline = _Deadline(_seconds("STORAGE_REQUEST_TIMEOUT_SECONDS", 30))
+        deadline = _Deadline(_config().request_timeout_seconds)
         try:
             data = blob.download_as_bytes(start=position, end=last, checksum=None,
                                           retry=deadline.retry(),
@@ -377,7 +408,7 @@ def _url(blob: Blob) -> str:
 def _signed_url(blob: Blob, *, ttl_seconds: float | None = None,
                 disposition: str | None = None) -> str:
     if ttl_seconds is None:
-        ttl_seconds = _seconds("STORAGE_URL_TTL_SECONDS", MAX_URL_TTL_SECONDS)
+        ttl_seconds = _config().url_ttl_seconds
     ttl = min(max(int(ttl_seconds), 1), MAX_URL_TTL_SECONDS)
     return blob.generate_signed_url(version="v4", method="GET",
                                     expiration=timedelta(seconds=ttl),
@@ -393,8 +424,8 @@ def _download_token(blob: Blob) -> str | None:
 def _token_url(blob: Blob, token: str) -> str:
     name = urllib.parse.quote(blob.name, safe="")
     query = urllib.parse.urlencode({"alt": "media", "token": token})
-    emulator = settings.FIREBASE_USE_EMULATOR and settings.FIREBASE_STORAGE_EMULATOR_HOST
-    if emulator:
+    if storage_emulated():
+        emulator = os.environ["STORAGE_EMULATOR_HOST"]
         # fake-gcs-server has no Firebase /v0 API; this is its media URL (token ignored).
         base = f"{emulator.rstrip('/')}/download/storage/v1"
     else:
@@ -426,9 +457,6 @@ def _file_crc32c(path: Path) -> str:
 
 
 def _chunk_bytes() -> int:
-    wanted = int(getattr(settings, "STORAGE_UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024))
+    wanted = int(_config().upload_chunk_bytes)
     return max(wanted // CHUNK_QUANTUM, 1) * CHUNK_QUANTUM
 
-
-def _seconds(name: str, default: float) -> float:
-    return float(getattr(settings, name, default))

@@ -18,7 +18,7 @@ from .web import build_app
 log = logging.getLogger("recorder")
 
 
-def _finish_recording(session, *, recovered: bool = False) -> dict:
+def _finish_recording(session) -> dict:
     return pipeline.recording_finish(webm=session.path, sid=session.sid,
                                      channel=session.channel, call_id=session.call_id)
 

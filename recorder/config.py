@@ -65,7 +65,7 @@ class Settings:
             host=os.environ.get("RECORDER_HOST", "127.0.0.1"),
             port=int(_number("RECORDER_PORT", 3100)),
             secret=secret,
-            recordings_dir=Path(os.environ.get("RECORDINGS_DIR", "./recordings")).resolve(),
+            recordings_dir=Path(os.environ.get("RECORDINGS_DIR", "./var/recordings")).resolve(),
             chromium_path=(os.environ.get("CHROMIUM_PATH")
                            or os.environ.get("PUPPETEER_EXECUTABLE_PATH")
                            or "/usr/bin/chromium"),

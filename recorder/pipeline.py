@@ -1,11 +1,13 @@
 """After a recording stops, in the recorder (which has the file): remux the browser WebM,
 convert it to a speech-ready WAV (16 kHz mono s16), upload it to Storage at
-`recordings/<channel>_<timestamp>.wav` and write Firestore `recordings/{sid}`.
+`recordings/<channel>_<timestamp>.wav` and move Firestore `recordings/{sid}` through
+`processing` to `completed`.
 
 If conversion fails the WebM is uploaded instead (`format: webm`). If Storage is down the
 files stay on disk, the sidecar and the document say `failed` with the error, and the
 next recorder start retries (`recordings_retry`) until the recording is `completed`.
-Uses the project's own settings and Firebase/Storage integrations (Django settings).
+Uses the shared `recordings` package and the Firebase/Storage integrations, configured
+from this process's environment; no Django.
 """
 
 from __future__ import annotations
@@ -13,28 +15,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 
-from .sink import iso, utc_now, write_json_atomically
+from core.clock import iso, utc_now
+from media import audio, storage
+from recordings import store
+from recordings.documents import recording_document
+
+from .sink import write_json_atomically
 
 log = logging.getLogger("recorder.pipeline")
 
-SPEC = {"sampleRate": 16000, "channels": 1, "bitDepth": 16}
 RETRY_STATES = ("stopped", "processing", "failed")  # sidecars whose upload is not done
 _in_progress: set[str] = set()  # sids being processed now, never twice at once
 _in_progress_lock = threading.Lock()
-
-
-def _django() -> None:
-    """Load the project's settings once in this process (idempotent)."""
-    import django
-    from django.conf import settings
-
-    if not settings.configured:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    django.setup()
 
 
 def _sha256(path: Path) -> str:
@@ -43,17 +38,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _parties(channel: str, call: dict | None) -> dict:
-    """groupId / user1 (caller) / user2 (receiver): from the call, else from the channel."""
-    if call:
-        return {"groupId": call.get("groupId"), "user1": call.get("callerId"),
-                "user2": call.get("receiverId")}
-    parts = channel.split("_")
-    return {"groupId": parts[0] if parts else None,
-            "user1": parts[1] if len(parts) > 1 else None,
-            "user2": parts[2] if len(parts) > 2 else None}
 
 
 def _save_sidecar(sidecar: Path, meta: dict, **fields) -> None:
@@ -77,19 +61,13 @@ def recording_finish(*, webm: Path, sid: str, channel: str, call_id: str | None)
 
 
 def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
-    _django()
-    from integrations.firebase import firestore_client
-    from library.store import pair_key
-    from media import audio, storage
-
     sidecar = webm.with_suffix(".json")
     meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
     _save_sidecar(sidecar, meta, state="processing")
-    db = firestore_client()
-    call = None
-    if call_id:
-        snap = db.collection("calls").document(call_id).get()
-        call = snap.to_dict() if snap.exists else None
+    call = store.call_read(call_id) if call_id else None
+    if call is None:
+        log.warning("recording %s: no call document (callId %s); stored without parties",
+                    sid, call_id)
 
     remuxed = webm.with_name(webm.stem + ".remux.webm")
     wav = webm.with_suffix(".wav")
@@ -105,36 +83,36 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
         duration_ms = meta.get("durationMs") or 0
     filename = webm.stem + f".{fmt}"
     storage_path = f"recordings/{filename}"
-    now = iso(utc_now())
-    parties = _parties(channel, call)
-    participants = [uid for uid in (parties["user1"], parties["user2"]) if uid]
-    document = {
-        "sid": sid, "callId": call_id, "channel": channel, **parties,
-        "participants": participants,
-        "pair": pair_key(*participants) if len(participants) == 2 else None,
-        "filename": filename, "format": fmt, "duration": duration_ms,
-        "fileSize": upload.stat().st_size, "sha256": _sha256(upload),
-        "spec": SPEC if fmt == "wav" else None, "source": "recorder",
-        "recordedAt": meta.get("startedAt") or now, "createdAt": now, "updatedAt": now,
-        "storagePath": storage_path,
-    }
-    ref = db.collection("recordings").document(sid)
+    retries = int(meta.get("retryCount", 0))
+    document = recording_document(
+        recording_id=sid, source="recorder", status="processing", call=call, call_id=call_id,
+        channel=channel, filename=filename, fmt=fmt, recorded_at=meta.get("startedAt"),
+        now=utc_now(), duration=duration_ms, fileSize=upload.stat().st_size,
+        sha256=_sha256(upload), storagePath=storage_path, retryCount=retries)
+    fresh = {key: value for key, value in document.items() if key not in ("status", "createdAt")}
+    if store.recording_move(sid, "process", fresh, create=document) is None:
+        existing = store.recording_read(sid) or {}
+        log.warning("recording %s is %s already; not processed again", sid,
+                    existing.get("status"))
+        return {**_answer(document), "status": existing.get("status"), "firebase": None}
     try:
         stored = storage.recording_upload(path=upload, object_name=storage_path,
                                           content_type=content_type,
                                           metadata={"sid": sid, "callId": call_id or ""})
     except storage.StorageError as exc:
-        retries = int(meta.get("retryCount", 0)) + 1
-        ref.set({**document, "status": "failed", "url": None, "error": exc.code,
-                 "retryCount": retries})
+        retries += 1
+        store.recording_move(sid, "fail", {"url": None, "error": exc.code,
+                                           "retryCount": retries,
+                                           "updatedAt": iso(utc_now())})
         _save_sidecar(sidecar, meta, state="failed", error=exc.code, retryCount=retries)
         log.warning("recording %s: upload failed (%s); kept on disk for a retry", sid, exc.code)
         return {**_answer(document), "firebase": None, "status": "failed", "error": exc.code}
-    ref.set({**document, "status": "completed", "url": stored.url, "error": None,
-             "retryCount": int(meta.get("retryCount", 0)), "storedBytes": stored.size,
-             "uploadedAt": iso(utc_now())})
+    now = iso(utc_now())
+    store.recording_move(sid, "store", {"url": stored.url, "error": None,
+                                        "storedBytes": stored.size, "uploadedAt": now,
+                                        "updatedAt": now})
     if call:
-        db.collection("calls").document(call_id).update({"recordingId": sid})
+        store.call_recording_set(call_id, sid)
     _save_sidecar(sidecar, meta, state="completed", recordingId=sid, storagePath=storage_path,
                   format=fmt)
     return {**_answer(document), "status": "stopped",

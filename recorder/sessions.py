@@ -1,17 +1,14 @@
-"""Recording sessions: start, stop, auto-stop, token renewal and crash recovery.
+"""Recording sessions: start, stop, auto-stop and crash recovery.
 
-Two hooks connect the recorder to the rest of Memharbor (set them on the service object):
-
-- `on_stopped(session, *, recovered=False)` is called once per finished recording, with the
-  `Session` whose `path` is the complete WebM and whose `result` is the stop answer.
-  `recovered=True` means a previous recorder process crashed during this recording and this
-  one marked it stopped at start-up. The media pipeline (remux, WAV, upload, Firestore)
-  belongs here. A stop waits for it (sync hooks run in a worker thread) and a dict it
-  returns is merged into the stop answer; for recovered recordings it runs in the
-  background. The default does nothing; `python -m recorder` sets `pipeline`.
-- `token_provider(channel, uid) -> str` (sync or async) gives a fresh Agora token when the
-  SDK reports `token-privilege-will-expire`. None (the default) means tokens are not
-  renewed and the session stops when its token expires.
+One hook connects the recorder to the rest of Memharbor (set it on the service object):
+`on_stopped(session)` is called once per finished recording, with the `Session` whose
+`path` is the complete WebM and whose `result` is the stop answer (`session.recovered`:
+a previous recorder process crashed during this recording and this one marked it stopped
+at start-up). The media pipeline (remux, WAV, upload, Firestore) belongs here. A stop
+waits for it (sync hooks run in a worker thread) and a dict it returns is merged into the
+stop answer; for recovered recordings it runs in the background. The default does
+nothing; `python -m recorder` sets `pipeline`. Tokens are not renewed yet: a session
+whose token expires stops.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from playwright.async_api import Page
 
@@ -42,16 +39,16 @@ from .errors import (
     ShuttingDown,
     StartFailed,
 )
-from .sink import ChunkSink, iso, probe_duration_ms, unfinished_sidecars, utc_now
+from core.clock import iso, utc_now
+from integrations.agora import NAME_RULE, channel_valid
+
+from .sink import ChunkSink, probe_duration_ms, unfinished_sidecars
 
 log = logging.getLogger(__name__)
 
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-=+@.]{1,64}$")
 FIXTURE_RE = re.compile(r"^(/fixtures/[A-Za-z0-9_\-.]+|https?://(127\.0\.0\.1|localhost)(:\d+)?/\S*)$")
 STOP_TIMEOUT_SECONDS = 30
 FINISHED_KEPT = 1000
-
-TokenProvider = Callable[[str, int], "str | Awaitable[str]"]
 
 
 @dataclass(eq=False)
@@ -99,8 +96,8 @@ def parse_start(body: Any) -> dict:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     channel = body.get("channel")
-    if not isinstance(channel, str) or not CHANNEL_RE.match(channel) or channel.startswith("."):
-        raise BadRequest("channel must be 1-64 characters of A-Z a-z 0-9 _ - = + @ .")
+    if not channel_valid(channel):
+        raise BadRequest(f"channel must be 1-64 bytes of {NAME_RULE} (Agora's rule)")
     source = body.get("source") or "agora"
     if not isinstance(source, str):
         raise BadRequest("source must be a string")
@@ -129,8 +126,6 @@ def parse_start(body: Any) -> dict:
 
 
 class RecorderService:
-    token_provider: TokenProvider | None = None
-
     def __init__(self, settings: Settings):
         self.settings = settings
         self.page_base_url = f"http://127.0.0.1:{settings.port}"
@@ -145,7 +140,7 @@ class RecorderService:
 
     # -- hooks ---------------------------------------------------------------------------
 
-    def on_stopped(self, session: Session, *, recovered: bool = False) -> None:
+    def on_stopped(self, session: Session) -> None:
         """Called once per finished recording (see the module docstring). Default: no-op."""
 
     # -- life cycle ----------------------------------------------------------------------
@@ -283,7 +278,7 @@ class RecorderService:
                  session.result["bytes"], duration_ms)
         # The stop answer carries what the media pipeline made of the file (the seed's
         # `filename`, `format`, `duration`, `firebase`), so it waits for the hook.
-        processed = await self._call_on_stopped(session, recovered=False)
+        processed = await self._call_on_stopped(session)
         if isinstance(processed, dict):
             session.result = {**session.result, **processed}
             self._finished[session.sid] = session.result
@@ -298,11 +293,11 @@ class RecorderService:
                 "durationMs": meta.get("durationMs"), "stopReason": meta.get("stopReason"),
                 "recovered": session.recovered, "status": "stopped"}
 
-    async def _call_on_stopped(self, session: Session, *, recovered: bool):
+    async def _call_on_stopped(self, session: Session):
         try:
             if inspect.iscoroutinefunction(self.on_stopped):
-                return await self.on_stopped(session, recovered=recovered)
-            return await asyncio.to_thread(self.on_stopped, session, recovered=recovered)
+                return await self.on_stopped(session)
+            return await asyncio.to_thread(self.on_stopped, session)
         except Exception:
             log.exception("on_stopped failed for %s", session.sid)
             return None
@@ -327,29 +322,14 @@ class RecorderService:
             session.remote_users = int(event.get("count") or 0)
             session.last_presence = time.monotonic()
         elif kind == "token-will-expire":
-            self.spawn(self._renew_token(session))
+            log.warning("session %s: its token expires soon (no renewal yet)", sid)
         elif kind in ("token-expired", "source-ended", "recorder-error"):
             log.warning("session %s: %s %s", sid, kind, event.get("message", ""))
-            self.spawn(self._stop_quietly(session.sid, kind.replace("-", "_")))
+            self.spawn(self.stop_quietly(session.sid, kind.replace("-", "_")))
         else:
             log.info("session %s: %s", sid, json.dumps(event)[:300])
 
-    async def _renew_token(self, session: Session) -> None:
-        if self.token_provider is None:
-            log.warning("session %s: token expires soon and no token_provider is set",
-                        session.sid)
-            return
-        try:
-            token = self.token_provider(session.channel, session.uid)
-            if inspect.isawaitable(token):
-                token = await token
-            if session.page is not None:
-                await session.page.evaluate("t => window.recorderRenewToken(t)", token)
-                log.info("session %s: token renewed", session.sid)
-        except Exception:
-            log.exception("session %s: token renewal failed", session.sid)
-
-    async def _stop_quietly(self, sid: str, reason: str) -> None:
+    async def stop_quietly(self, sid: str, reason: str) -> None:
         try:
             await self.session_stop(sid=sid, reason=reason)
         except SessionNotFound:
@@ -378,7 +358,7 @@ class RecorderService:
             for session in list(self._sessions.values()):
                 reason = self.auto_stop_reason(session, now=now)
                 if reason:
-                    self.spawn(self._stop_quietly(session.sid, reason))
+                    self.spawn(self.stop_quietly(session.sid, reason))
 
     def auto_stop_reason(self, session: Session, *, now: float) -> str | None:
         """"max_duration", "idle" (Agora only: local sources have nobody to wait for) or None."""
@@ -424,4 +404,4 @@ class RecorderService:
             session.result = self._result(session)
             self._finished[session.sid] = session.result
             log.warning("recovered unfinished recording %s (%s bytes)", webm.name, size)
-            self.spawn(self._call_on_stopped(session, recovered=True))
+            self.spawn(self._call_on_stopped(session))

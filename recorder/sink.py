@@ -14,8 +14,10 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
+
+from core.clock import iso, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +25,15 @@ log = logging.getLogger(__name__)
 STATES = ("recording", "stopping", "stopped", "processing", "completed", "failed")
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
+_UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9_\-=+@.]")
 
 
 def recording_stem(channel: str, started_at: datetime) -> str:
-    """`<channel>_<UTC YYYY-MM-DDTHH-MM-SS>` as in the seed's file names."""
-    return f"{channel}_{started_at.strftime('%Y-%m-%dT%H-%M-%S')}"
+    """`<channel>_<UTC YYYY-MM-DDTHH-MM-SS>` as in the seed's file names; characters of a
+    channel name that do not belong in a file or object name (space, #, :, ...) become
+    `-` (the document keeps the channel itself)."""
+    safe = _UNSAFE_IN_FILE_NAMES.sub("-", channel).lstrip(".") or "channel"
+    return f"{safe}_{started_at.strftime('%Y-%m-%dT%H-%M-%S')}"
 
 
 def write_json_atomically(path: Path, data: dict) -> None:

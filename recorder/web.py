@@ -91,9 +91,24 @@ async def session_detail(request: web.Request) -> web.Response:
 
 
 async def session_stop(request: web.Request) -> web.Response:
+    """Stop a session and answer when it is stored; with `{"wait": false}` answer 202 at
+    once and finish in this process (the API's hang-up does not wait for it)."""
     _require_secret(request)
-    result = await _service(request).session_stop(sid=request.match_info["sid"])
-    return web.json_response(result)
+    body = {}
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadRequest("the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+    service, sid = _service(request), request.match_info["sid"]
+    reason = body.get("reason") if isinstance(body.get("reason"), str) else "requested"
+    if body.get("wait", True) is False:
+        service.session_get(sid=sid)  # 404 for an unknown session
+        service.spawn(service.stop_quietly(sid, reason[:40]))
+        return web.json_response({"sid": sid, "status": "stopping"}, status=202)
+    return web.json_response(await service.session_stop(sid=sid, reason=reason[:40]))
 
 
 async def chunk_upload(request: web.Request) -> web.Response:

@@ -8,12 +8,7 @@ from functools import lru_cache
 import httpx
 from django.conf import settings
 
-from api.errors import ApiError, ServiceUnavailable
-
-
-class RecorderUnavailable(ServiceUnavailable):
-    code = "recorder_unavailable"
-    message = "The recorder service cannot be reached."
+from core.errors import AppError, RecorderUnavailable
 
 
 @lru_cache(maxsize=1)
@@ -41,6 +36,6 @@ def recorder_call(method: str, path: str, *, json: dict | None = None,
     if response.status_code >= 400:
         error = body.get("error") or {}
         status = response.status_code if response.status_code < 500 else 502
-        raise ApiError(error.get("message") or "The recorder refused the request.",
+        raise AppError(error.get("message") or "The recorder refused the request.",
                        code=error.get("code") or "recorder_error", http_status=status)
     return body

@@ -1,23 +1,25 @@
 """Recording actions for the apps: start and stop the recorder bot on a call's channel,
-list active sessions and stored recordings."""
+list active sessions and stored recordings; and what a call that ends means for its
+recordings."""
 
 from __future__ import annotations
 
-import threading
-
 import structlog
 from django.conf import settings
-from google.cloud import firestore
 
-from api.auth import Principal
-from api.errors import Forbidden, NotFound
-from calls import store
-from calls.states import actor_of
+from calls import store as call_store
+from calls.states import FINAL, actor_of
+from core.errors import AppError, NotFound, NotInCall, RecordingNotFound
+from core.principal import Principal
 from integrations.agora import rtc_token_build
-from integrations.firebase import firestore_client
 from recorder_bridge.client import recorder_call
+from recordings import store
 
 log = structlog.get_logger("recordings")
+
+# A stop the recorder finishes by itself: the hang-up does not wait for the conversion and
+# the upload, and nothing of it lives in this worker (the sweep stops what is left).
+_STOP_LATER_TIMEOUT = 5.0
 
 
 def _participant(call: dict | None, principal: Principal) -> bool:
@@ -27,13 +29,12 @@ def _participant(call: dict | None, principal: Principal) -> bool:
 def recording_start(*, principal: Principal, channel: str, source: str = "agora") -> dict:
     """Send the recorder bot into the active call on `channel` (a participant or an admin);
     its Agora token is made here, for uid RECORDER_UID, as an audience member."""
-    calls = store.calls_on_channel(channel)
+    calls = call_store.calls_on_channel(channel)
     if not calls:
         raise NotFound("No ringing or accepted call on this channel.", code="no_active_call")
     call = next((c for c in calls if _participant(c, principal)), calls[0])
     if not _participant(call, principal) and not principal.admin:
-        raise Forbidden("Only the call's participants or an admin can record it.",
-                        code="not_in_call")
+        raise NotInCall("Only the call's participants or an admin can record it.")
     expire = min(86400, int(settings.RECORDER_MAX_SECONDS) + 600)
     token = rtc_token_build(app_id=settings.AGORA_APP_ID,
                             app_certificate=settings.AGORA_APP_CERT, channel=channel,
@@ -43,7 +44,7 @@ def recording_start(*, principal: Principal, channel: str, source: str = "agora"
                             json={"channel": channel, "uid": settings.RECORDER_UID,
                                   "token": token.token, "callId": call["callId"],
                                   "source": source})
-    store.call_update(call["callId"], {"recordingId": started["sid"]})
+    store.call_recording_set(call["callId"], started["sid"])
     return {"sid": started["sid"], "channel": channel, "uid": started.get("uid"),
             "filename": started.get("filename"), "status": "recording"}
 
@@ -54,7 +55,7 @@ def _session(sid: str | None, channel: str | None) -> dict:
     active = recorder_call("GET", "/sessions")["sessions"]
     found = next((s for s in active if s["channel"] == channel), None)
     if found is None:
-        raise NotFound("No active recording on this channel.", code="recording_not_found")
+        raise RecordingNotFound("No active recording on this channel.")
     return found
 
 
@@ -63,41 +64,60 @@ def recording_stop(*, principal: Principal, sid: str | None = None,
     """Stop a recording (by sid, or the active one on `channel`); answers once the WAV is
     stored, in the seed's shape (`filename`, `format`, `duration`, `firebase`, ...)."""
     session = _session(sid, channel)
-    call = store.call_read(session["callId"]) if session.get("callId") else None
+    call = call_store.call_read(session["callId"]) if session.get("callId") else None
     if not _participant(call, principal) and not principal.admin:
-        raise Forbidden("Only the call's participants or an admin can stop its recording.",
-                        code="not_in_call")
+        raise NotInCall("Only the call's participants or an admin can stop its recording.")
     return recorder_call("POST", f"/sessions/{session['sid']}/stop",
                          timeout=settings.RECORDER_STOP_TIMEOUT_SECONDS)
 
 
-def recording_stop_for_call(call: dict) -> None:
-    """A call ended: stop its recording in the background (the hang-up must not wait)."""
-    sid = call.get("recordingId")
-    if not sid or not settings.RECORDER_SERVICE_URL:
-        return
-
-    def stop() -> None:
-        try:
-            recorder_call("POST", f"/sessions/{sid}/stop",
-                          timeout=settings.RECORDER_STOP_TIMEOUT_SECONDS)
-        except Exception as exc:  # logged; the recorder's own limits end it anyway
-            log.warning("recording_stop_on_end_failed", sid=sid, error=repr(exc))
-
-    threading.Thread(target=stop, name=f"stop-recording-{sid}", daemon=True).start()
+def _stop_later(sid: str, *, reason: str) -> None:
+    """Ask the recorder to stop `sid` and finish it by itself (it answers at once)."""
+    recorder_call("POST", f"/sessions/{sid}/stop", json={"wait": False, "reason": reason},
+                  timeout=_STOP_LATER_TIMEOUT)
 
 
-def recordings_retry_failed() -> None:
-    """Ask the recorder to retry the uploads that failed (the sweep does, every run)."""
+def recordings_stop_for_call(sender=None, *, call: dict, **_) -> int:
+    """A call ended (the call-final signal): stop every session recording its channel.
+    A recorder that cannot be reached now is left to the sweep; returns how many stopped."""
     if not settings.RECORDER_SERVICE_URL:
-        return
+        return 0
+    stopped = 0
     try:
-        answer = recorder_call("POST", "/recordings/retry")
-    except Exception as exc:  # the sweep's own job must not fail because of the recorder
-        log.warning("recordings_retry_failed", error=repr(exc))
-        return
+        sessions = recorder_call("GET", "/sessions", timeout=_STOP_LATER_TIMEOUT)["sessions"]
+        for session in sessions:
+            if (session.get("callId") == call["callId"]
+                    or session.get("channel") == call.get("channelName")):
+                _stop_later(session["sid"], reason="call_ended")
+                stopped += 1
+    except AppError as exc:  # the sweep stops it later; the hang-up must not fail
+        log.warning("recording_stop_on_end_failed", call_id=call["callId"], error=exc.code)
+    return stopped
+
+
+def recordings_stop_of_final_calls() -> dict:
+    """The sweep's part: sessions still recording a call that is final are stopped."""
+    if not settings.RECORDER_SERVICE_URL:
+        return {"stopped": 0}
+    stopped = 0
+    for session in recorder_call("GET", "/sessions")["sessions"]:
+        call = call_store.call_read(session["callId"]) if session.get("callId") else None
+        if call is not None and call["status"] in FINAL:
+            _stop_later(session["sid"], reason="call_ended")
+            stopped += 1
+    if stopped:
+        log.info("recordings_of_final_calls_stopped", stopped=stopped)
+    return {"stopped": stopped}
+
+
+def recordings_retry_failed() -> dict:
+    """The sweep's part: ask the recorder to retry the uploads that failed."""
+    if not settings.RECORDER_SERVICE_URL:
+        return {"retrying": 0}
+    answer = recorder_call("POST", "/recordings/retry")
     if answer.get("retrying"):
         log.info("recordings_retry", retrying=answer["retrying"])
+    return {"retrying": int(answer.get("retrying") or 0)}
 
 
 def recordings_active(*, principal: Principal) -> list[dict]:
@@ -106,21 +126,14 @@ def recordings_active(*, principal: Principal) -> list[dict]:
     if principal.admin:
         return sessions
     return [s for s in sessions if s.get("callId")
-            and _participant(store.call_read(s["callId"]), principal)]
+            and _participant(call_store.call_read(s["callId"]), principal)]
 
 
 def recordings_list(*, principal: Principal, limit: int, cursor: str | None) -> dict:
     """Stored recordings, newest first, `limit` a page; `nextCursor` continues."""
-    query = firestore_client().collection("recordings")
-    if not principal.admin:
-        query = query.where(filter=firestore.FieldFilter("participants", "array_contains",
-                                                         principal.uid))
-    query = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
-    if cursor:
-        last = firestore_client().collection("recordings").document(cursor).get()
-        if not last.exists:
-            raise NotFound("The cursor does not name a recording.", code="bad_cursor")
-        query = query.start_after(last)
-    items = [{"recordingId": snap.id, **snap.to_dict()} for snap in query.stream()]
-    return {"recordings": items,
-            "nextCursor": items[-1]["recordingId"] if len(items) == limit else None}
+    try:
+        page = store.recordings_of(None if principal.admin else principal.uid, limit=limit,
+                                   cursor=cursor)
+    except store.BadPageToken:
+        raise NotFound("The cursor does not name a recording.", code="bad_cursor") from None
+    return {"recordings": page.items, "nextCursor": page.next_token}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,24 @@ def fresh_state(emulators, securetoken, apns, fcm):
     push_services.apns_client.cache_clear()
     push_services.fcm_client.cache_clear()
     yield
+
+
+@pytest.fixture
+def firestore_reads(monkeypatch) -> Counter:
+    """Documents this process reads from Firestore, as {(collection, id): times}; counted
+    where the client library makes a snapshot of every document a get or query returns."""
+    from google.cloud.firestore_v1.base_document import DocumentSnapshot
+
+    reads: Counter = Counter()
+    original = DocumentSnapshot.__init__
+
+    def counting(self, reference, *args, **kwargs):
+        original(self, reference, *args, **kwargs)
+        if reference is not None and kwargs.get("exists", args[1] if len(args) > 1 else True):
+            reads[(reference.parent.id, reference.id)] += 1
+
+    monkeypatch.setattr(DocumentSnapshot, "__init__", counting)
+    return reads
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 
-from calls import store
+from core.clock import utc_now
 from integrations.firebase import firestore_client
 from tests.conftest import api_log_lines, post_json
 
@@ -32,8 +32,11 @@ def stored(call_id: str) -> dict:
 def age(call_id: str, seconds: int, *fields: str) -> None:
     """Move the call's timestamps `seconds` into the past, as if time had passed."""
     doc = stored(call_id)
-    firestore_client().collection("calls").document(call_id).update(
+    db = firestore_client()
+    db.collection("calls").document(call_id).update(
         {f: doc[f] - timedelta(seconds=seconds) for f in ("createdAt", *fields)})
+    db.collection("channels").document(doc["channelName"]).update(
+        {"createdAt": doc["createdAt"] - timedelta(seconds=seconds)})
 
 
 def error_of(response, status: int, code: str) -> dict:
@@ -79,7 +82,7 @@ def test_caller_name_defaults_to_the_caller_id(as_user):
 
 def test_only_participants_and_admins_read_a_call(as_user):
     call_id = invite(as_user)["callId"]
-    error_of(as_user("mallory").get(f"/api/call/status/{call_id}"), 403, "not_a_participant")
+    error_of(as_user("mallory").get(f"/api/call/status/{call_id}"), 403, "not_in_call")
     assert as_user("ops-person", admin=True).get(f"/api/call/status/{call_id}").status_code == 200
     error_of(as_user("bob").get("/api/call/status/no-such-call"), 404, "call_not_found")
 
@@ -137,10 +140,10 @@ def test_the_receiver_accepts_and_both_see_accepted(as_user):
     ("alice", "/api/call/answer", {"action": "accept"}, "wrong_party"),
     ("alice", "/api/call/answer", {"action": "decline"}, "wrong_party"),
     ("bob", "/api/call/cancel", {}, "wrong_party"),
-    ("mallory", "/api/call/answer", {"action": "accept"}, "not_a_participant"),
-    ("mallory", "/api/call/cancel", {}, "not_a_participant"),
-    ("mallory", "/api/call/missed", {}, "not_a_participant"),
-    ("mallory", "/api/call/end", {}, "not_a_participant"),
+    ("mallory", "/api/call/answer", {"action": "accept"}, "not_in_call"),
+    ("mallory", "/api/call/cancel", {}, "not_in_call"),
+    ("mallory", "/api/call/missed", {}, "not_in_call"),
+    ("mallory", "/api/call/end", {}, "not_in_call"),
 ])
 def test_each_party_may_do_only_its_own_moves(as_user, who, path, body, code):
     call_id = invite(as_user)["callId"]
@@ -313,13 +316,14 @@ def test_only_participants_of_an_active_call_get_a_token(as_user, settings):
     error_of(as_user("alice").post("/api/token", ask), 403, "not_in_call")
 
 
-def test_repeated_token_requests_for_one_call_query_firestore_once(as_user):
+def test_repeated_token_requests_for_one_call_read_firestore_once(as_user, firestore_reads):
     call = invite(as_user)
     ask = {"channel": call["channelName"], "uid": 1}
-    store.reads.reset()
+    firestore_reads.clear()
     for _ in range(5):
         assert as_user("alice").post("/api/token", ask).status_code == 200
-    assert store.reads.by_id[call["callId"]] == 1
+    # One point read of the channel's entry; no query, no read of the call itself.
+    assert firestore_reads == {("channels", call["channelName"]): 1}
     error_of(as_user("mallory").post("/api/token", ask), 403, "not_in_call")
 
 
@@ -345,7 +349,11 @@ def test_sweep_needs_the_ops_key_or_an_admin(as_user, client):
     error_of(as_user("alice").post(path, {}), 403, "admin_required")
     error_of(post_json(client, path, {}, {"X-Ops-Key": "wrong"}), 403, "invalid_ops_key")
     ok = post_json(client, path, {"timeout_seconds": 60}, {"X-Ops-Key": settings.OPS_API_KEY})
-    assert ok.json() == {"success": True, "timeoutSeconds": 60, "updatedCount": 0}
+    assert ok.json() == {"success": True, "timeoutSeconds": 60, "updatedCount": 0, "report": {
+        "calls": {"updated": 0}, "recordingsOfEndedCalls": {"stopped": 0},
+        "recorderRetries": {"retrying": 0},
+        "uploads": {"interrupted": 0, "retried": 0, "completed": 0,
+                    "abandonedFilesRemoved": 0}}}
     assert as_user("root", admin=True).post(path, {}).status_code == 200
 
 
@@ -357,9 +365,9 @@ def test_sweep_validates_its_timeout(client):
 
 def _seed_pending_calls(count: int, *, expired: int) -> set[str]:
     """Write `count` pending calls straight to Firestore; the first `expired` are old."""
-    from calls.services import _call_document, utcnow
+    from calls.services import _call_document
 
-    now, db = utcnow(), firestore_client()
+    now, db = utc_now(), firestore_client()
     expired_ids = set()
     batch = db.batch()
     for i in range(count):
@@ -379,13 +387,14 @@ def _seed_pending_calls(count: int, *, expired: int) -> set[str]:
     return expired_ids
 
 
-def test_sweep_of_2000_ringing_calls_moves_exactly_the_500_expired_and_reads_only_them(client):
+def test_sweep_of_2000_ringing_calls_moves_exactly_the_500_expired_and_reads_only_them(
+        client, firestore_reads):
     expired = _seed_pending_calls(2000, expired=500)
-    store.reads.reset()
+    firestore_reads.clear()
     response = post_json(client, "/api/call/timeout/sweep", {"timeout_seconds": 60},
                          {"X-Ops-Key": settings.OPS_API_KEY})
     assert response.json()["updatedCount"] == 500
-    assert set(store.reads.by_id) == expired
+    assert {doc for (collection, doc) in firestore_reads if collection == "calls"} == expired
     statuses = {snap.id: snap.get("status")
                 for snap in firestore_client().collection("calls").stream()}
     assert {i for i, s in statuses.items() if s == "missed"} == expired
@@ -395,11 +404,23 @@ def test_sweep_of_2000_ringing_calls_moves_exactly_the_500_expired_and_reads_onl
     assert again.json()["updatedCount"] == 0
 
 
-def test_sweep_skips_a_call_answered_since_the_query(as_user):
-    from calls.services import calls_sweep, utcnow
+def test_sweep_skips_a_call_answered_since_the_query(as_user, monkeypatch):
+    from google.cloud.firestore_v1.query import Query
+
+    from calls.services import calls_settle_expired
 
     call_id = invite(as_user)["callId"]
-    as_user("bob").post("/api/call/answer", {"call_id": call_id, "action": "accept"})
-    # The sweep's clock is injectable: an hour later, the accepted call is not pending.
-    assert calls_sweep(timeout_seconds=60, now=utcnow() + timedelta(hours=1)) == 0
+    found = []
+    stream = Query.stream
+
+    def stream_then_answer(self, *args, **kwargs):
+        # The sweep's query has found the ringing call; bob accepts before it is settled.
+        found.extend(stream(self, *args, **kwargs))
+        as_user("bob").post("/api/call/answer", {"call_id": call_id, "action": "accept"})
+        yield from found
+
+    monkeypatch.setattr(Query, "stream", stream_then_answer)
+    # The sweep's clock is injectable: an hour later the call would have rung out.
+    assert calls_settle_expired(timeout_seconds=60, now=utc_now() + timedelta(hours=1)) == 0
+    assert [snap.id for snap in found] == [call_id]
     assert stored(call_id)["status"] == "accepted"

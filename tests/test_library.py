@@ -18,10 +18,11 @@ import requests
 from django.conf import settings
 from django.test import RequestFactory
 
-from calls.services import calls_sweep
 from devstack.emulators import free_port
 from integrations.firebase import firestore_client, storage_bucket
-from library import delivery, services
+from api import delivery
+from library.lookups import MediaFile
+from ops.sweep import sweep_run
 from media import audio
 from tests.test_calls import error_of, invite, stored
 
@@ -305,7 +306,7 @@ def test_the_sweep_fails_interrupted_uploads_and_retries_them(client, alice, as_
     firestore_client().collection("recordings").document(fresh["recordingId"]).update(
         {"status": "uploading"})  # in progress right now: left alone
 
-    calls_sweep(timeout_seconds=60)
+    sweep_run(timeout_seconds=60)
 
     recording = document(recording_id)
     assert (recording["status"], recording["retryCount"]) == ("completed", 1)
@@ -322,7 +323,7 @@ def next_call(as_user, previous: dict) -> str:
 def test_the_sweep_gives_up_after_the_automatic_retries(client, alice, call, media, settings):
     recording_id = upload(client, alice, call["callId"], media["mp3"]).json()["recordingId"]
     _fail(recording_id, retryCount=settings.RECORDING_UPLOAD_AUTO_RETRIES)
-    calls_sweep(timeout_seconds=60)
+    sweep_run(timeout_seconds=60)
     assert document(recording_id)["status"] == "failed"
 
 
@@ -545,7 +546,7 @@ def test_a_file_missing_from_storage_is_404_not_500(client, alice, played):
 def test_with_a_signing_key_playback_redirects_to_a_short_lived_signed_url(played, alice,
                                                                           signing_bucket):
     request = RequestFactory().get("/", headers={"Range": "bytes=0-3"})
-    media_file = services.MediaFile(document(played["id"])["storagePath"], "audio/wav",
+    media_file = MediaFile(document(played["id"])["storagePath"], "audio/wav",
                                     "엄마와 통화.wav")
 
     inline = delivery.media_response(request, media_file, attachment=False,
@@ -685,7 +686,7 @@ def test_the_sweep_removes_what_dead_workers_left_half_done(client, alice, call,
     for path in (*abandoned, kept):
         os.utime(path, (day_ago, day_ago))
 
-    calls_sweep(timeout_seconds=60)
+    sweep_run(timeout_seconds=60)
 
     assert leftovers() == sorted([f"{failed}.mp3", ".incoming/tmpnew.upload"])
     fresh.unlink()

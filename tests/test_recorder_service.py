@@ -52,6 +52,10 @@ def dominant_hz(path: Path) -> float:
 
 
 def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
+    # The call the API created: the recording's parties come from it, never the channel.
+    firestore_client().collection("calls").document("call-1").set(
+        {"callId": "call-1", "groupId": "group1", "callerId": "alice", "receiverId": "bob",
+         "channelName": "group1_alice_bob_1700000000000", "status": "accepted"})
     recorder = start_recorder()
     status, started = recorder.call("POST", "/sessions", {
         "channel": "group1_alice_bob_1700000000000", "uid": 999999, "callId": "call-1",
@@ -210,7 +214,7 @@ def test_recovery_hands_each_unfinished_recording_to_on_stopped_once(tmp_path, m
 
     async def run():
         service = RecorderService(Settings.from_env())
-        service.on_stopped = lambda session, *, recovered: calls.append((session.sid, recovered))
+        service.on_stopped = lambda session: calls.append((session.sid, session.recovered))
         await service.recover()
         await asyncio.gather(*service._tasks)
 
@@ -337,3 +341,7 @@ def test_storage_down_at_stop_keeps_the_files_and_the_next_start_stores_them(sta
     assert (stored.get("status"), stored.get("format")) == ("completed", "wav")
     with urllib.request.urlopen(stored.get("url"), timeout=30) as response:
         assert response.read(4) == b"RIFF"
+    # No call: the channel name is not parsed for parties, and the document says so.
+    assert (stored.get("groupId"), stored.get("user1"), stored.get("user2"),
+            stored.get("participants"), stored.get("partiesKnown")) == (
+        None, None, None, [], False)

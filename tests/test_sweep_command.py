@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from django.core.management import call_command
 
-from calls.services import _call_document, utcnow
+from calls.services import _call_document
+from core.clock import utc_now
 from integrations.firebase import firestore_client
 
 
@@ -19,7 +20,7 @@ def _ringing_call(call_id: str, *, age_seconds: int) -> None:
     doc = _call_document(call_id=call_id, channel=f"g_{call_id}_r_1", group_id="g",
                          caller_id=call_id, receiver_id="r", caller_name="c",
                          group_name_snapshot="", receiver_name_snapshot="", idempotency_key=None,
-                         now=utcnow() - timedelta(seconds=age_seconds))
+                         now=utc_now() - timedelta(seconds=age_seconds))
     firestore_client().collection("calls").document(call_id).set(doc)
 
 

@@ -34,6 +34,10 @@ class ExpiringCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
+    def delete(self, key: Hashable) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

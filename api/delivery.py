@@ -23,11 +23,12 @@ from django.http import (
 )
 from django.utils.http import content_disposition_header
 
-from api.errors import NotFound, ServiceUnavailable, error_response
-from library.services import MediaFile
+from api.errors import error_response
+from core.errors import NotFound, ServiceUnavailable
+from library.lookups import MediaFile
 from media import storage
 
-log = structlog.get_logger("library.delivery")
+log = structlog.get_logger("api.delivery")
 
 MAX_RANGES = 16  # more (after merging) is served whole: RFC 9110 §14.2 lets us ignore it
 
@@ -79,12 +80,11 @@ def byte_ranges(header: str | None, size: int) -> list[ByteRange] | None:
 def media_response(request: HttpRequest, media: MediaFile, *, attachment: bool,
                    bucket=None) -> HttpResponse:
     """The answer to GET /stream (inline) or /download (attachment) for `media`."""
-    disposition_name = media.filename if attachment else None
+    disposition = content_disposition_header(True, media.filename) if attachment else None
     try:
         signed = storage.recording_signed_url(
             object_name=media.object_name, bucket=bucket,
-            ttl_seconds=settings.STORAGE_STREAM_URL_TTL_SECONDS,
-            attachment_filename=disposition_name)
+            ttl_seconds=settings.STORAGE_STREAM_URL_TTL_SECONDS, disposition=disposition)
         if signed:
             redirect = HttpResponseRedirect(signed)
             redirect["Cache-Control"] = "private, no-store"

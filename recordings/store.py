@@ -1,4 +1,6 @@
-"""Firestore `recordings/{recordingId}`: reads, atomic claims and the listing queries.
+"""Firestore `recordings/{recordingId}`: every write to it (status moves checked against
+`states.TABLE`) and to a call's `recordingId`, the reads and the listing queries. Shared by
+the API and the recorder process (no Django here).
 
 Every query here orders by `recordedAt` (ISO 8601 strings, which sort by time) and is
 served by the composite indexes in `firestore.indexes.json`; counts and byte totals are
@@ -13,13 +15,10 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from integrations.firebase import firestore_client
+from recordings.states import next_status
 
 Filter = tuple[str, str, object]  # (field, operator, value)
-
-
-def pair_key(uid_a: str, uid_b: str) -> str:
-    """The same value for both orders of two users: their shared recordings' `pair`."""
-    return "|".join(sorted((uid_a, uid_b)))
+_MOVE_ATTEMPTS = 5
 
 
 def _recordings():
@@ -35,43 +34,62 @@ def recording_read(recording_id: str) -> dict | None:
     return _as_dict(snap) if snap.exists else None
 
 
-def recording_claim(recording_id: str, document: dict) -> tuple[bool, dict]:
-    """Create the document unless it exists: (True, document) or (False, the existing)."""
-    try:
-        _recordings().document(recording_id).create(document)
-    except gexc.AlreadyExists:
-        existing = recording_read(recording_id)
-        if existing is not None:
-            return False, existing
-        _recordings().document(recording_id).create(document)  # deleted in between
-    return True, {**document, "recordingId": recording_id}
-
-
-def recording_move(recording_id: str, *, expect: tuple[str, ...], changes: dict) -> dict | None:
-    """Apply `changes` only if the status is one of `expect`, atomically (a precondition
-    on the update time read); None when the status was another. Returns the new document."""
+def recording_move(recording_id: str, action: str, changes: dict | None = None, *,
+                   create: dict | None = None, expect=None) -> dict | None:
+    """Apply `action` (see `states.TABLE`) with `changes`, atomically: the status read is
+    the status written over (a precondition on its update time), and the new status comes
+    from the table. Without a document, `create` is written whole when the table allows
+    the action on a new recording. Returns the document after the move, or None when the
+    move is not allowed from the status found. `changes` values may be callables of the
+    document read (e.g. a counter). `expect` narrows the statuses the move starts from."""
     ref = _recordings().document(recording_id)
-    for _ in range(5):
+    for _ in range(_MOVE_ATTEMPTS):
         snap = ref.get()
-        if not snap.exists or snap.get("status") not in expect:
+        current = snap.to_dict() if snap.exists else None
+        status = current["status"] if current else None
+        to = next_status(status, action)
+        if to is None or (current is None and create is None) or (
+                expect is not None and status not in expect):
             return None
-        updates = {key: value(snap.to_dict()) if callable(value) else value
-                   for key, value in changes.items()}
+        base = current if current is not None else create
+        updates = {key: value(base) if callable(value) else value
+                   for key, value in (changes or {}).items()}
+        updates["status"] = to.value
         try:
+            if current is None:
+                ref.create({**create, **updates})
+                return {**create, **updates, "recordingId": recording_id}
             ref.update(updates, option=firestore_client().write_option(
                 last_update_time=snap.update_time))
-        except gexc.FailedPrecondition:
+        except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound):
             continue  # changed since read: look again
-        return {**snap.to_dict(), **updates, "recordingId": recording_id}
+        return {**current, **updates, "recordingId": recording_id}
     return None
 
 
 def recording_update(recording_id: str, fields: dict) -> None:
+    """Fields that do not change the status (paths, sizes)."""
+    assert "status" not in fields, "status changes go through recording_move"
     _recordings().document(recording_id).update(fields)
 
 
 def recording_delete(recording_id: str) -> None:
     _recordings().document(recording_id).delete()
+
+
+def call_read(call_id: str) -> dict | None:
+    """The call a recording belongs to (its parties come from it)."""
+    snap = firestore_client().collection("calls").document(call_id).get()
+    return snap.to_dict() if snap.exists else None
+
+
+def call_recording_set(call_id: str, recording_id: str) -> None:
+    """The call's `recordingId`: its latest recording (set when one starts or is stored)."""
+    try:
+        firestore_client().collection("calls").document(call_id).update(
+            {"recordingId": recording_id})
+    except gexc.NotFound:
+        pass  # a recording of a call that is gone keeps its own callId
 
 
 def _filtered(filters: list[Filter]):
@@ -128,3 +146,19 @@ def recordings_oldest(filters: list[Filter], *, limit: int) -> list[dict]:
     """Matching recordings, oldest `updatedAt` first (the sweep's work list)."""
     query = _filtered(filters).order_by("updatedAt").limit(limit)
     return [_as_dict(snap) for snap in query.stream()]
+
+
+def recordings_of(uid: str | None, *, limit: int, cursor: str | None) -> Page:
+    """Recordings of `uid`'s calls (None: every recording), newest `createdAt` first;
+    `cursor` (a recording id) continues after it."""
+    query = _recordings()
+    if uid is not None:
+        query = query.where(filter=firestore.FieldFilter("participants", "array_contains", uid))
+    query = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
+    if cursor:
+        last = _recordings().document(cursor).get()
+        if not last.exists:
+            raise BadPageToken(cursor)
+        query = query.start_after(last)
+    items = [_as_dict(snap) for snap in query.stream()]
+    return Page(items, items[-1]["recordingId"] if len(items) == limit else None)

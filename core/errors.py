@@ -1,0 +1,140 @@
+"""The one error hierarchy of Memharbor: what a client should see when something is refused.
+
+Each class carries its HTTP status and a stable machine `code`; raise sites name the class,
+never a string code. Rendering (`{"success": false, "error": {"code", "message"}}`) lives in
+`api/errors.py`; the recorder renders the same shape itself. No HTTP framework here.
+"""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """An error the client should see: HTTP status, stable machine code, human message.
+
+    `extra` adds top-level fields to the error object (e.g. `status`, `callId`, `reason`).
+    """
+
+    status = 400
+    code = "bad_request"
+    message = "The request is not valid."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None,
+                 http_status: int | None = None, **extra):
+        self.message = message or self.message
+        self.code = code or self.code
+        self.status = http_status or self.status
+        self.extra = extra
+        super().__init__(self.message)
+
+
+# --- 400 --------------------------------------------------------------------------------
+
+class ValidationFailed(AppError):
+    code = "validation_error"
+
+
+class MalformedJson(AppError):
+    code = "malformed_json"
+    message = "The request body is not valid JSON."
+
+
+class UnsupportedAudio(AppError):
+    code = "unsupported_audio"
+    message = "The file is not audio this server can read."
+
+
+# --- 401 / 403 ----------------------------------------------------------------------------
+
+class Unauthenticated(AppError):
+    status = 401
+    code = "unauthenticated"
+    message = "Authentication required: send 'Authorization: Bearer <Firebase ID token>'."
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+    message = "You are not allowed to do this."
+
+
+class NotInCall(Forbidden):
+    """The one refusal for someone who is not a party of the call (or its recording)."""
+
+    code = "not_in_call"
+    message = "Only the call's participants (or an admin) can do this."
+
+
+class WrongParty(Forbidden):
+    code = "wrong_party"
+
+
+class AdminRequired(Forbidden):
+    code = "admin_required"
+    message = "This endpoint needs the ops key or an admin account."
+
+
+# --- 404 ----------------------------------------------------------------------------------
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+    message = "Not found."
+
+
+class CallNotFound(NotFound):
+    code = "call_not_found"
+    message = "No call with this id."
+
+
+class RecordingNotFound(NotFound):
+    code = "recording_not_found"
+    message = "No recording with this id."
+
+
+# --- 409 ----------------------------------------------------------------------------------
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+class RecordingNotReady(Conflict):
+    code = "recording_not_ready"
+
+
+class NotFailed(Conflict):
+    code = "not_failed"
+
+
+class SourceMissing(Conflict):
+    code = "source_missing"
+
+
+# --- 413 / 5xx ------------------------------------------------------------------------------
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "service_unavailable"
+
+
+class Contention(ServiceUnavailable):
+    code = "contention"
+    message = "Too many simultaneous changes to this call; retry."
+
+
+class AudioUnavailable(ServiceUnavailable):
+    code = "audio_unavailable"
+
+
+class RecorderUnavailable(ServiceUnavailable):
+    code = "recorder_unavailable"
+    message = "The recorder service cannot be reached."
