@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The recorder's page loads the Agora Web SDK from this npm package (served locally).
 RECORDER_ASSETS := recorder/node_modules/.package-lock.json
 
-.PHONY: run demo test deps stack-deps bench clean
+.PHONY: run demo test lint deps stack-deps bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ run: stack-deps
 demo: stack-deps
 	$(PY) -m devstack demo
 
-test: $(STAMP)
+# The layering (import-linter contracts in pyproject.toml) and ruff fail the tests too.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+
+test: lint
 	scripts/system-deps.sh test
 	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
 	$(PY) -m pytest

@@ -136,7 +136,7 @@ def _proxied(request: HttpRequest, media: MediaFile, stored: storage.StoredObjec
         tail = f"\r\n--{boundary}--\r\n".encode()
 
         def parts() -> Iterator[bytes]:
-            for head, (start, end) in zip(heads, ranges):
+            for head, (start, end) in zip(heads, ranges, strict=True):
                 yield head
                 yield from chunks(start, end)
             yield tail

@@ -9,12 +9,12 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from api import errors
-from core.errors import AppError, MalformedJson, NotFound, Unauthenticated
 from api.calls import router as call_router
 from api.health import router as health_router
 from api.library import admin_router, calls_router, recordings_router, users_router
 from api.recordings import router as recording_router
 from api.tokens import router as token_router
+from core.errors import AppError, MalformedJson, NotFound, Unauthenticated
 
 api = NinjaAPI(
     title="Memharbor API",

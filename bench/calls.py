@@ -75,7 +75,7 @@ def round_trips(stack, *, concurrency: int, total: int) -> dict:
 def sweep(stack, *, total: int, expired: int) -> dict:
     """Seed `total` ringing calls (`expired` of them past the timeout), time one sweep."""
     db = firestore.Client(project=PROJECT_ID, credentials=AnonymousCredentials())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     batch, written = db.batch(), 0
     for i in range(total):
         created = now - dt.timedelta(seconds=600 if i < expired else 5)
@@ -124,7 +124,7 @@ def main() -> None:
 
     lines = [
         f"Machine: {machine()}; gunicorn {workers} workers x {threads} threads; "
-        f"Firestore emulator; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Firestore emulator; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.",
         "",
         "| callers | round trips | round trips/s | invite p50/p99 ms | accept p50/p99 ms "
         "| end p50/p99 ms | round trip p50/p99 ms |",

@@ -122,7 +122,7 @@ def _report(*, args, src: Path, results: dict, warmup: dict, load: tuple[str, st
     walls = {k: ", ".join(f"{r['wall_s']:.2f}" for r in v) for k, v in results.items()}
     cpu = {k: statistics.median(r["child_cpu_s"] + (r["python_cpu_s"] if k == "ours" else 0)
                                 for r in v) for k, v in results.items()}
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     table = "\n".join([
         "| | wall, median (runs) | CPU, median (user+sys) | peak RSS |",
         "|---|---|---|---|",

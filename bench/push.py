@@ -91,7 +91,7 @@ def main() -> None:
         jwts_by_connection[record.connection].add(record.jwt)
     pushed = sum(1 for r in apns.requests if r.status == 200)
     q = statistics.quantiles(latencies, n=100, method="inclusive")
-    print(f"""Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC: `.venv/bin/python -m bench.push --invites {args.invites} --concurrency {args.concurrency}`
+    print(f"""Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: `.venv/bin/python -m bench.push --invites {args.invites} --concurrency {args.concurrency}`
 Machine: {machine()}; gunicorn {workers} workers x {threads} threads; Firestore emulator
 and fake APNs on the same machine.
 

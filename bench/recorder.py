@@ -394,7 +394,7 @@ def main() -> None:
             raise SystemExit(f"bench.recorder needs {tool} (apt-get install chromium ffmpeg)")
 
     began = time.monotonic()
-    began_utc = dt.datetime.now(dt.timezone.utc)
+    began_utc = dt.datetime.now(dt.UTC)
     workdir = Path(tempfile.mkdtemp(prefix="memharbor-bench-recorder-"))
     emulators = Emulators(project_id=PROJECT_ID, bucket=f"{PROJECT_ID}.appspot.com",
                           log_dir=workdir)

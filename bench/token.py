@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         boots = count_worker_boots(gunicorn_log)
         info = machine()
         policy = env.get("TOKEN_CHANNEL_POLICY", "call")
-        date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         met = "met" if ratio >= TARGET_RATIO else "NOT met"
         command = (f".venv/bin/python -m bench.token --duration {args.duration:g} "
                    f"--connections {args.connections} --threads {args.threads} "

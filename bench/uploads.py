@@ -346,7 +346,7 @@ def markdown(args, env: dict, idle: dict, batches: list[dict], ratios: list[dict
     lines = [
         f"**Command:** `{' '.join([command, *extra])}`",
         "",
-        f"**Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC**, {machine()}; "
+        f"**Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC**, {machine()}; "
         f"gunicorn {env['GUNICORN_WORKERS']} workers x {env['GUNICORN_THREADS']} threads; "
         f"Firestore emulator and fake-gcs-server (memory backend) on the same machine.",
         "",

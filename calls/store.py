@@ -12,9 +12,9 @@ Collections (written by the server only):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Iterator
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class ExpiringCache:

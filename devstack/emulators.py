@@ -142,7 +142,7 @@ class Emulators:
     rules: Path | None = None  # firestore.rules, enforced for requests with a user's token
     procs: list = field(default_factory=list)
 
-    def start(self) -> "Emulators":
+    def start(self) -> Emulators:
         self.firestore_port = self.firestore_port or free_port()
         self.storage_port = self.storage_port or free_port()
         for port in (self.firestore_port, self.storage_port):

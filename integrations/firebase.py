@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Mapping
 
 import firebase_admin
 from firebase_admin import auth, credentials, firestore, storage
@@ -35,7 +35,7 @@ class FirebaseConfig:
     auth_cert_url: str = GOOGLE_CERT_URL  # where ID-token certificates are fetched
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "FirebaseConfig":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> FirebaseConfig:
         """The same variable names the API's settings read (see .env.example)."""
         project = environ.get("FIREBASE_PROJECT_ID", "") or "demo-memharbor"
         return cls(

@@ -4,7 +4,7 @@ status with the bytes stored."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from core.errors import ValidationFailed
 from library.lookups import _iso_bound, _when
@@ -14,7 +14,7 @@ from recordings.states import STATUSES
 
 def _day_or_time(value: str, *, end: bool) -> str:
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        day = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+        day = datetime.fromisoformat(value).replace(tzinfo=UTC)
         return _iso_bound(day + timedelta(days=1) if end else day)
     moment = _when(value)
     return _iso_bound(moment + timedelta(seconds=1) if end else moment)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from calls.access import access_call
@@ -24,19 +24,19 @@ def _when(value: str) -> datetime:
     if re.fullmatch(r"\d{9,13}", value):
         number = int(value)
         return datetime.fromtimestamp(number / 1000 if len(value) >= 12 else number,
-                                      tz=timezone.utc)
+                                      tz=UTC)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationFailed(
             f"{value!r} is not a time (epoch seconds or ms, or ISO 8601).") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _iso_bound(moment: datetime) -> str:
     # Stored times are ISO strings ending in Z, maybe with fractions; a bound without
     # the Z sorts before every stored time of the same second.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def recording_check_exists(*, principal: Principal, call_id: str | None, sha256: str | None,

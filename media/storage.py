@@ -85,7 +85,7 @@ class StorageConfig:
     stream_chunk_bytes: int = 1024 * 1024
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> "StorageConfig":
+    def from_env(cls, environ=os.environ) -> StorageConfig:
         def number(name: str, default, kind=float):
             raw = environ.get(name, "").strip()
             return kind(raw) if raw else default

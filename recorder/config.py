@@ -56,7 +56,7 @@ class Settings:
     timeslice_ms: int = 1000
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         secret = os.environ.get("RECORDER_SECRET", "").strip() or None
         if secret is None and os.environ.get("RECORDER_ALLOW_NO_SECRET") != "1":
             raise ConfigError("RECORDER_SECRET is not set (set RECORDER_ALLOW_NO_SECRET=1 "

@@ -28,6 +28,9 @@ from typing import Any
 
 from playwright.async_api import Page
 
+from core.clock import iso, utc_now
+from integrations.agora import NAME_RULE, channel_valid
+
 from .browser import BrowserPool
 from .config import Settings
 from .errors import (
@@ -39,9 +42,6 @@ from .errors import (
     ShuttingDown,
     StartFailed,
 )
-from core.clock import iso, utc_now
-from integrations.agora import NAME_RULE, channel_valid
-
 from .sink import ChunkSink, probe_duration_ms, unfinished_sidecars
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class RecorderService:
             answer = await asyncio.wait_for(
                 session.page.evaluate("cfg => window.recorderStart(cfg)", config),
                 timeout=self.settings.join_timeout_seconds + 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._abandon(session)
             raise StartFailed("the recorder page did not answer") from None
         except RecorderError:

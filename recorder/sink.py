@@ -56,7 +56,7 @@ class ChunkSink:
     gaps: list = field(default_factory=list)
 
     @classmethod
-    def create(cls, directory: Path, *, channel: str, started_at: datetime, meta: dict) -> "ChunkSink":
+    def create(cls, directory: Path, *, channel: str, started_at: datetime, meta: dict) -> ChunkSink:
         """Claim a new `<channel>_<timestamp>.webm` (suffix `-2`, `-3`... if two sessions of
         one channel start in the same second) and write its sidecar."""
         directory.mkdir(parents=True, exist_ok=True)

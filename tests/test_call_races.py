@@ -47,7 +47,7 @@ def test_cancel_racing_accept_has_exactly_one_winner_every_time(start_server, se
     with ThreadPoolExecutor(max_workers=2 * PAIRS) as pool:
         accepts = [pool.submit(accept, i) for i in range(PAIRS)]
         cancels = [pool.submit(cancel, i) for i in range(PAIRS)]
-        outcomes = [(a.result(), c.result()) for a, c in zip(accepts, cancels)]
+        outcomes = [(a.result(), c.result()) for a, c in zip(accepts, cancels, strict=True)]
 
     winners = {"accepted": 0, "cancelled": 0}
     for i, ((a_status, a_body), (c_status, c_body)) in enumerate(outcomes):

@@ -10,7 +10,7 @@ import os
 import subprocess
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,12 +18,12 @@ import requests
 from django.conf import settings
 from django.test import RequestFactory
 
+from api import delivery
 from devstack.emulators import free_port
 from integrations.firebase import firestore_client, storage_bucket
-from api import delivery
 from library.lookups import MediaFile
-from ops.sweep import sweep_run
 from media import audio
+from ops.sweep import sweep_run
 from tests.test_calls import error_of, invite, stored
 
 KOREAN_NAME = "엄마와 통화 11월.m4a"
@@ -299,7 +299,7 @@ def test_a_retry_with_nothing_to_retry_from_says_so(client, alice, call, media, 
 def test_the_sweep_fails_interrupted_uploads_and_retries_them(client, alice, as_user, call,
                                                               media):
     recording_id = upload(client, alice, call["callId"], media["webm"]).json()["recordingId"]
-    an_hour_ago = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     firestore_client().collection("recordings").document(recording_id).update(
         {"status": "uploading", "updatedAt": an_hour_ago.replace("+00:00", "Z")})
     fresh = upload(client, alice, next_call(as_user, call), media["ogg"]).json()
@@ -352,7 +352,7 @@ def test_check_exists_by_call_by_file_and_by_channel_and_time(client, alice, bea
     assert check(f"channel={channel}&timestamp={created_ms}") == found
     assert check(f"channel={channel}&timestamp={created_ms // 1000 + 60}") == found
     assert check(f"channel={channel}&timestamp={created_ms + 3_600_000}")["exists"] is False
-    iso = datetime.fromtimestamp(created_ms / 1000, timezone.utc).isoformat()
+    iso = datetime.fromtimestamp(created_ms / 1000, UTC).isoformat()
     assert check(f"channel={channel}&timestamp={urllib.parse.quote(iso)}") == found
     error_of(as_user("mallory").get(f"/api/recordings/check-exists?call_id={call['callId']}"),
              403, "not_in_call")
@@ -680,7 +680,7 @@ def test_the_sweep_removes_what_dead_workers_left_half_done(client, alice, call,
     incoming = Path(settings.FILE_UPLOAD_TEMP_DIR)
     abandoned = [incoming / "tmpabc.upload", root / ".x.0123.wav"]
     fresh = incoming / "tmpnew.upload"  # a body arriving right now
-    day_ago = (datetime.now(timezone.utc) - timedelta(days=1)).timestamp()
+    day_ago = (datetime.now(UTC) - timedelta(days=1)).timestamp()
     for path in (*abandoned, fresh):
         path.write_bytes(b"partial")
     for path in (*abandoned, kept):

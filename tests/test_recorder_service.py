@@ -47,7 +47,7 @@ def dominant_hz(path: Path) -> float:
                           "-ac", "1", "-ar", "16000", "-"], capture_output=True, timeout=60,
                          check=True).stdout
     samples = array.array("h", raw)
-    crossings = sum(1 for a, b in zip(samples, samples[1:]) if (a < 0) != (b < 0))
+    crossings = sum(1 for a, b in zip(samples, samples[1:], strict=False) if (a < 0) != (b < 0))
     return crossings / 2 / (len(samples) / 16000)
 
 

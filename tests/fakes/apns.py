@@ -91,7 +91,7 @@ class _Reject(Exception):
 def _write_pki(directory: str) -> tuple[str, str, str]:
     """A CA and a server certificate for 127.0.0.1/localhost signed by it. Returns paths of
     (ca.pem, server.pem, server.key)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Memharbor fake APNs CA")])
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
@@ -188,7 +188,7 @@ class _Connection:
                 if self.sock in readable:
                     try:
                         data = self.sock.recv(65536)
-                    except (ssl.SSLWantReadError, socket.timeout):
+                    except (TimeoutError, ssl.SSLWantReadError):
                         data = None
                     if data == b"":
                         break
@@ -425,7 +425,7 @@ class FakeAPNs:
         while not self._stopping.is_set():
             try:
                 raw, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -159,7 +159,7 @@ class FakeFCM:
     def token_uri(self) -> str:
         return f"{self.base_url}/token"
 
-    def start(self) -> "FakeFCM":
+    def start(self) -> FakeFCM:
         self._thread.start()
         return self
 
@@ -177,7 +177,7 @@ class FakeFCM:
                 pass
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "FakeFCM":
+    def __enter__(self) -> FakeFCM:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 def _key_and_cert() -> tuple[rsa.RSAPrivateKey, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securetoken.test")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -75,7 +75,7 @@ class FakeSecureToken:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_port}/securetoken-certs"
 
-    def start(self) -> "FakeSecureToken":
+    def start(self) -> FakeSecureToken:
         self.thread.start()
         return self
 
