@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) -m bench.media
 	$(PY) -m bench.recorder
 	$(PY) -m bench.uploads
+	$(PY) -m bench.ncs
 
 clean:
 	rm -rf $(VENV) .pytest_cache
