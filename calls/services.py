@@ -54,13 +54,15 @@ def ring_timeout_seconds() -> int:
     return settings.CALL_RING_TIMEOUT_SECONDS
 
 
-def call_announce(*, call: dict, event: str) -> dict:
+def call_announce(*, call: dict, event: str, device_id: str | None = None) -> dict:
     """Tell the phones what happened to `call`: the one place where a call event becomes
-    a push. Returns the push outcome fields (`pushSent`, `pushPlatform`, `pushError`).
+    a push. Returns the push outcome fields (`pushSent`, `pushPlatform`, `pushError`,
+    `pushDevices`).
 
-    Events: incoming_call (ring the receiver), call_cancelled / call_declined /
-    call_missed (stop the receiver's phone ringing), call_ended (tell the other party),
-    call_accepted (nobody: both apps are in the call). A call that reaches a final status
+    Events: incoming_call (ring every device of the receiver), call_cancelled /
+    call_missed (stop all of them ringing), call_accepted / call_declined (stop the
+    receiver's other devices: `device_id` is the one that answered; None: all of them),
+    call_ended (tell the other party). A call that reaches a final status
     sends `call_final` (its recordings stop) and forgets its token grants in this process.
     Only the transaction that made the change announces it, so a retried or raced
     transition never pushes twice.
@@ -73,7 +75,8 @@ def call_announce(*, call: dict, event: str) -> dict:
     if call["status"] in states.FINAL:
         _token_members_forget(call)
         call_final.send(sender="calls", call=call)
-    outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl)
+    outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl,
+                                      device_id=device_id)
     return outcome.call_fields() if outcome else {}
 
 
@@ -108,6 +111,7 @@ def _call_document(*, call_id: str, channel: str, group_id: str, caller_id: str,
         "pushSent": False,
         "pushPlatform": None,
         "pushError": None,
+        "pushDevices": {},
         "recordingId": None,
         "idempotencyKey": idempotency_key,
         "humanSummary": "",
@@ -179,8 +183,10 @@ def _refusal_or_decision(call: dict, *, uid: str, action: str):
 
 
 def call_transition(*, principal: Principal, call_id: str, action: str,
-                    now: datetime | None = None) -> dict:
-    """Apply `action` (accept, decline, cancel, missed, end) for the caller `principal`.
+                    device_id: str | None = None, now: datetime | None = None) -> dict:
+    """Apply `action` (accept, decline, cancel, missed, end) for the caller `principal`;
+    `device_id` is the receiver's device that accepted or declined (its other devices are
+    told).
 
     A repeat of the transition that already happened returns the call unchanged; any
     other impossible move raises 409 invalid_transition with the current status.
@@ -193,15 +199,16 @@ def call_transition(*, principal: Principal, call_id: str, action: str,
             now=now, ring_timeout=ring_timeout_seconds(), by=principal.uid)
     except store.CallNotFound:
         raise CallNotFound(f"No call {call_id}.") from None
-    _announce_applied(applied)
+    _announce_applied(applied, device_id=device_id)
     if isinstance(applied.verdict, AppError):
         raise applied.verdict
     return applied.call
 
 
-def _announce_applied(applied: store.Applied) -> None:
+def _announce_applied(applied: store.Applied, *, device_id: str | None = None) -> None:
     if applied.moved:
-        call_announce(call=applied.call, event=_EVENTS[Status(applied.call["status"])])
+        call_announce(call=applied.call, event=_EVENTS[Status(applied.call["status"])],
+                      device_id=device_id)
     elif applied.timed_out:
         call_announce(call=applied.call, event="call_missed")
 

@@ -78,7 +78,7 @@ TOKEN_CHANNEL_POLICY = env.str("TOKEN_CHANNEL_POLICY", default="call")
 # still get a token for its channel for at most this long.
 CALL_TOKEN_CACHE_SECONDS = env.int("CALL_TOKEN_CACHE_SECONDS", default=10)
 
-# Push: iOS VoIP over APNs, Android over FCM HTTP v1 (names as in the seed)
+# Push: iOS over APNs (VoIP for incoming calls only), Android over FCM HTTP v1 (names as in the seed)
 APNS_TEAM_ID = env.str("APNS_TEAM_ID", default="")
 APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
 APNS_BUNDLE_ID = env.str("APNS_BUNDLE_ID", default="")
@@ -93,6 +93,8 @@ FCM_SERVICE_ACCOUNT_JSON = env.str("FCM_SERVICE_ACCOUNT_JSON", default="")
 FCM_BASE_URL = env.str("FCM_BASE_URL", default="")  # empty: Google's
 # A push never holds an invite longer than about this (plus one quick retry on 429/5xx).
 PUSH_TIMEOUT_SECONDS = env.float("PUSH_TIMEOUT_SECONDS", default=3.0)
+# Devices (users/{uid}/devices) told about a call, the most recently updated first.
+PUSH_MAX_DEVICES = env.int("PUSH_MAX_DEVICES", default=10)
 
 # Storage (recordings)
 STORAGE_UPLOAD_TIMEOUT_SECONDS = env.float("STORAGE_UPLOAD_TIMEOUT_SECONDS", default=300)
