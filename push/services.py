@@ -9,7 +9,7 @@ import contextvars
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -128,63 +128,75 @@ def providers_report() -> None:
                     effect="Android receivers are not rung (pushError fcm_not_configured)")
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """One push to one device: which token it used and what became of it."""
+    field: str                # the device's token field: voipToken, apnsToken or fcmToken
+    token: str | None
+    ok: bool = False
+    error: str | None = None  # pushError's codes
+    dead: bool = False        # the provider says the token will never work again
+    dead_since_ms: int | None = None
+
+
 def _deliver(*, uid: str, device: Device, route: _Route, data: dict[str, str],
              ttl_seconds: int) -> dict:
     """Send one device what `route` says; {platform, sent, error}. Never raises."""
-    if device.platform == "ios":
-        ok, error, dead, dead_since, field_name, token = _deliver_apns(device, route, data,
-                                                                       ttl_seconds)
-    else:
-        ok, error, dead, dead_since, field_name, token = _deliver_fcm(device, route, data,
-                                                                      ttl_seconds)
-    if dead:
+    send = _deliver_apns if device.platform == "ios" else _deliver_fcm
+    attempt = send(device, route, data, ttl_seconds)
+    if attempt.dead:
         try:
-            device_token_forget(uid=uid, device_id=device.id, field=field_name, token=token,
-                                dead_since_ms=dead_since)
+            device_token_forget(uid=uid, device_id=device.id, field=attempt.field,
+                                token=attempt.token, dead_since_ms=attempt.dead_since_ms)
         except Exception as exc:  # the push outcome stands; the next push tries again
             log.warning("push_token_forget_failed", uid=uid, device_id=device.id,
                         error=repr(exc))
+    error = None if attempt.ok else attempt.error
     log.info("push", uid=uid, device_id=device.id, platform=device.platform,
-             push_type=data["type"], kind=route.kind, call_id=data.get("callId"), sent=ok,
-             error=None if ok else error)
-    return {"platform": device.platform, "sent": ok, "error": None if ok else error}
+             push_type=data["type"], kind=route.kind, call_id=data.get("callId"),
+             sent=attempt.ok, error=error)
+    return {"platform": device.platform, "sent": attempt.ok, "error": error}
 
 
-def _deliver_apns(device: Device, route: _Route, data: dict[str, str], ttl_seconds: int):
-    field_name = "voipToken" if route.kind == RING else "apnsToken"
-    token = device.voip_token if route.kind == RING else device.apns_token
-    if not token:  # never fall back to the VoIP token: iOS kills apps for that
-        return False, "no_voip_token" if route.kind == RING else "no_apns_token", False, \
-            None, field_name, token
+def _deliver_apns(device: Device, route: _Route, data: dict[str, str],
+                  ttl_seconds: int) -> _Attempt:
+    if route.kind == RING:
+        attempt = _Attempt("voipToken", device.voip_token, error="no_voip_token")
+    else:  # never the VoIP token: iOS kills an app whose VoIP push is not a call
+        attempt = _Attempt("apnsToken", device.apns_token, error="no_apns_token")
+    if not attempt.token:
+        return attempt
     client = apns_client(apns_base_url(device.apns_environment))
     if client is None:
-        return False, "apns_not_configured", False, None, field_name, token
+        return replace(attempt, error="apns_not_configured")
     now = int(time.time())
     if route.kind == RING:
-        result = client.send(device_token=token, payload=data, push_type="voip",
+        result = client.send(device_token=attempt.token, payload=data, push_type="voip",
                              expiration=now + ttl_seconds)
     elif route.kind == ALERT:
-        result = client.send(device_token=token, payload=payloads.apns_alert(data),
+        result = client.send(device_token=attempt.token, payload=payloads.apns_alert(data),
                              push_type="alert", collapse_id=data["callId"],
                              expiration=now + max(ttl_seconds, ALERT_TTL_SECONDS))
     else:
-        result = client.send(device_token=token, payload=payloads.apns_background(data),
-                             push_type="background", expiration=now + ttl_seconds)
-    return result.ok, _snake(result.reason), result.dead, result.dead_since_ms, field_name, \
-        token
+        result = client.send(device_token=attempt.token,
+                             payload=payloads.apns_background(data), push_type="background",
+                             expiration=now + ttl_seconds)
+    return replace(attempt, ok=result.ok, error=_snake(result.reason), dead=result.dead,
+                   dead_since_ms=result.dead_since_ms)
 
 
-def _deliver_fcm(device: Device, route: _Route, data: dict[str, str], ttl_seconds: int):
-    token = device.fcm_token
-    if not token:
-        return False, "no_fcm_token", False, None, "fcmToken", token
+def _deliver_fcm(device: Device, route: _Route, data: dict[str, str],
+                 ttl_seconds: int) -> _Attempt:
+    attempt = _Attempt("fcmToken", device.fcm_token, error="no_fcm_token")
+    if not attempt.token:
+        return attempt
     client = fcm_client()
     if client is None:
-        return False, "fcm_not_configured", False, None, "fcmToken", token
+        return replace(attempt, error="fcm_not_configured")
     ttl = ttl_seconds if route.kind != ALERT else max(ttl_seconds, ALERT_TTL_SECONDS)
-    result = client.send_data(token=token, data=data, ttl_seconds=ttl,
+    result = client.send_data(token=attempt.token, data=data, ttl_seconds=ttl,
                               priority="HIGH" if route.kind == RING else "NORMAL")
-    return result.ok, _snake(result.error), result.dead, None, "fcmToken", token
+    return replace(attempt, ok=result.ok, error=_snake(result.error), dead=result.dead)
 
 
 def _push_to_user(*, uid: str, route: _Route, data: dict[str, str], ttl_seconds: int,

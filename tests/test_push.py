@@ -572,3 +572,16 @@ def test_a_slow_device_does_not_hold_up_pushes_to_other_phones(apns):
     assert not [r for r in apns.requests if r.token == slow]
     slow_thread.join(timeout=30)
     assert apns.connections == 1
+
+
+def test_each_device_goes_to_the_apns_host_of_its_environment(settings):
+    from push.apns import PRODUCTION_URL, SANDBOX_URL
+
+    settings.APNS_BASE_URL = ""
+    settings.APNS_USE_SANDBOX = False
+    assert push_services.apns_base_url("sandbox") == SANDBOX_URL
+    assert push_services.apns_base_url("production") == PRODUCTION_URL
+    assert push_services.apns_base_url(None) == PRODUCTION_URL
+    settings.APNS_USE_SANDBOX = True
+    assert push_services.apns_base_url(None) == SANDBOX_URL
+    assert push_services.apns_base_url("production") == PRODUCTION_URL
