@@ -17,7 +17,7 @@ from core.clock import utc_now
 from integrations.firebase import firestore_client
 from push import devices as push_devices
 from push import services as push_services
-from tests.conftest import APNS_BUNDLE, post_json
+from tests.conftest import APNS_BUNDLE, api_log_lines, post_json
 from tests.test_calls import INVITE, age, invite, stored
 
 VOIP_TOKEN = "ab" * 32
@@ -283,6 +283,9 @@ def test_a_device_with_only_a_voip_token_gets_nothing_after_the_ring(as_user, ap
     as_user("alice").post("/api/call/cancel", {"call_id": call["callId"]})
     assert [r.payload["type"] for r in to(apns, IPHONE_VOIP)] == ["incoming_call"]
     assert [r.payload["type"] for r in to(apns, IPAD_APNS)] == ["call_cancelled"]
+    skipped = [line for line in api_log_lines() if line.get("event") == "push"
+               and line.get("call_id") == call["callId"] and line.get("error") == "no_apns_token"]
+    assert [line["device_id"] for line in skipped] == ["old-iphone"]
     # what the cancel push reported for each device
     outcome = push_services.call_push(call=stored(call["callId"]), event="call_cancelled",
                                       ttl_seconds=60)
