@@ -82,9 +82,13 @@ class ApnsClient:
         # Only called on the loop thread, so no lock is needed.
         if self._client is None:
             verify = ssl.create_default_context(cafile=self._ca_file)  # None: system CAs
+            # keepalive_expiry=None: httpx would drop the connection after 5 idle seconds
+            # and the next ring would wait for a new TLS handshake; Apple asks providers
+            # to keep it open (and says GOAWAY when it closes it).
             self._client = httpx.AsyncClient(
                 http2=True, verify=verify, timeout=self._timeout,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
+                                    keepalive_expiry=None))
         return self._client
 
     def _provider_token(self, *, renew: bool = False) -> str:

@@ -588,3 +588,15 @@ def test_each_device_goes_to_the_apns_host_of_its_environment(settings):
     settings.APNS_USE_SANDBOX = True
     assert push_services.apns_base_url(None) == SANDBOX_URL
     assert push_services.apns_base_url("production") == PRODUCTION_URL
+
+
+def test_the_apns_connection_survives_a_quiet_spell(apns):
+    """httpx closes idle connections after 5 s unless told otherwise; a ring after a quiet
+    minute must not wait for a new TLS handshake."""
+    client = push_services.apns_client()
+    assert client.send_voip(device_token=VOIP_TOKEN, payload={"type": "incoming_call"},
+                            expiration=0).ok
+    time.sleep(6)  # longer than httpx's default keep-alive expiry (not a timing assertion)
+    assert client.send_voip(device_token=VOIP_TOKEN, payload={"type": "incoming_call"},
+                            expiration=0).ok
+    assert apns.connections == 1
