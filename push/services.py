@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -91,10 +92,7 @@ def apns_base_url(environment: str | None = None) -> str:
 
 
 @lru_cache(maxsize=4)
-def apns_client(base_url: str | None = None) -> ApnsClient | None:
-    """The one client (one HTTP/2 connection) per APNs host; None: APNs not configured."""
-    if base_url is None:
-        return apns_client(apns_base_url())
+def _apns_client_at(base_url: str) -> ApnsClient | None:
     if _apns_missing():
         return None
     key = settings.APNS_KEY_CONTENT.replace("\\n", "\n") or Path(
@@ -103,6 +101,19 @@ def apns_client(base_url: str | None = None) -> ApnsClient | None:
                       bundle_id=settings.APNS_BUNDLE_ID, private_key_pem=key, base_url=base_url,
                       ca_file=settings.APNS_CA_FILE or None,
                       timeout=settings.PUSH_TIMEOUT_SECONDS)
+
+
+_apns_clients_lock = threading.Lock()
+
+
+def apns_client(base_url: str | None = None) -> ApnsClient | None:
+    """The one client (one HTTP/2 connection, one JWT) per APNs host, built once even when
+    several devices are rung at the same moment; None: APNs not configured."""
+    with _apns_clients_lock:
+        return _apns_client_at(base_url or apns_base_url())
+
+
+apns_client.cache_clear = _apns_client_at.cache_clear  # after a settings change
 
 
 @lru_cache(maxsize=1)
