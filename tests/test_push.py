@@ -71,6 +71,14 @@ def fcm_types(fcm, token: str) -> list[tuple[str, str]]:
             for m in fcm.sent_to(token)]
 
 
+def drain(apns) -> None:
+    """Wait until the fake has answered every push it holds back, so a late answer is not
+    recorded in the next test."""
+    deadline = time.monotonic() + 30
+    while apns.waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def assert_background(push, push_type: str, status: str) -> None:
     """A regular background push on the app's own topic, never VoIP."""
     assert push.status == 200
@@ -472,6 +480,25 @@ def test_a_slow_apns_times_out_and_the_call_is_still_created(as_user, apns, sett
     call = invite(as_user)
     assert (call["pushSent"], call["pushError"]) == (False, "timeout")
     assert stored(call["callId"])["status"] == "pending"
+    drain(apns)
+
+
+def test_a_device_that_times_out_or_cannot_ring_leaves_the_others_rung(as_user, apns, fcm,
+                                                                       settings):
+    settings.PUSH_TIMEOUT_SECONDS = 0.5
+    push_services.apns_client.cache_clear()
+    device("bob", "iphone", platform="ios", voipToken=IPHONE_VOIP, apnsToken=IPHONE_APNS)
+    device("bob", "ipad", age_seconds=60, platform="ios", apnsToken=IPAD_APNS)  # no PushKit
+    device("bob", "android", age_seconds=120, platform="android", fcmToken=ANDROID_FCM)
+    apns.delay[IPHONE_VOIP] = 3
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == (True, "android", None)
+    assert stored(call["callId"])["pushDevices"] == {
+        "iphone": {"platform": "ios", "sent": False, "error": "timeout"},
+        "ipad": {"platform": "ios", "sent": False, "error": "no_voip_token"},
+        "android": {"platform": "android", "sent": True, "error": None}}
+    assert not to(apns, IPAD_APNS)  # an incoming call is never a regular push
+    drain(apns)
 
 
 @pytest.mark.parametrize("platform, setting", [("ios", "APNS_BASE_URL"),
