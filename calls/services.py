@@ -67,13 +67,16 @@ def limits(*, ring_timeout: int | None = None) -> presence.Limits:
         events_enabled=bool(settings.AGORA_NCS_SECRET))
 
 
-def call_announce(*, call: dict, event: str, tell: list[str] | None = None) -> dict:
+def call_announce(*, call: dict, event: str, device_id: str | None = None,
+                  tell: list[str] | None = None) -> dict:
     """Tell the phones what happened to `call`: the one place where a call event becomes
-    a push. Returns the push outcome fields (`pushSent`, `pushPlatform`, `pushError`).
+    a push. Returns the push outcome fields (`pushSent`, `pushPlatform`, `pushError`,
+    `pushDevices`).
 
-    Events: incoming_call (ring the receiver), call_cancelled / call_declined /
-    call_missed (stop the receiver's phone ringing), call_ended (tell the other party),
-    call_accepted (nobody: both apps are in the call). A call that reaches a final status
+    Events: incoming_call (ring every device of the receiver), call_cancelled /
+    call_missed (stop all of them ringing), call_accepted / call_declined (stop the
+    receiver's other devices: `device_id` is the one that answered; None: all of them),
+    call_ended (tell the other party). A call that reaches a final status
     sends `call_final` (its recordings stop) and forgets its token grants in this process.
     Only the transaction that made the change announces it, so a retried or raced
     transition never pushes twice. `tell` names who hears of a call that ended by itself
@@ -94,7 +97,8 @@ def call_announce(*, call: dict, event: str, tell: list[str] | None = None) -> d
             push_services.call_push(call={**call, "endedBy": other}, event=event,
                                     ttl_seconds=ttl)
         return {}
-    outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl)
+    outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl,
+                                      device_id=device_id)
     return outcome.call_fields() if outcome else {}
 
 
@@ -129,6 +133,7 @@ def _call_document(*, call_id: str, channel: str, group_id: str, caller_id: str,
         "pushSent": False,
         "pushPlatform": None,
         "pushError": None,
+        "pushDevices": {},
         "recordingId": None,
         "agoraUids": {},  # Agora uid (or account) -> the user who holds it on this call
         "presence": {},  # user -> {inChannel, joinedAt, leftAt, leaveReason} (channel events)
@@ -202,8 +207,10 @@ def _refusal_or_decision(call: dict, *, uid: str, action: str):
 
 
 def call_transition(*, principal: Principal, call_id: str, action: str,
-                    now: datetime | None = None) -> dict:
-    """Apply `action` (accept, decline, cancel, missed, end) for the caller `principal`.
+                    device_id: str | None = None, now: datetime | None = None) -> dict:
+    """Apply `action` (accept, decline, cancel, missed, end) for the caller `principal`;
+    `device_id` is the receiver's device that accepted or declined (its other devices are
+    told).
 
     A repeat of the transition that already happened returns the call unchanged; any
     other impossible move raises 409 invalid_transition with the current status.
@@ -216,16 +223,16 @@ def call_transition(*, principal: Principal, call_id: str, action: str,
             now=now, limits=limits(), by=principal.uid)
     except store.CallNotFound:
         raise CallNotFound(f"No call {call_id}.") from None
-    announce_applied(applied)
+    announce_applied(applied, device_id=device_id)
     if isinstance(applied.verdict, AppError):
         raise applied.verdict
     return applied.call
 
 
-def announce_applied(applied: store.Applied) -> None:
+def announce_applied(applied: store.Applied, *, device_id: str | None = None) -> None:
     call = applied.call
     if applied.moved:
-        call_announce(call=call, event=_EVENTS[Status(call["status"])])
+        call_announce(call=call, event=_EVENTS[Status(call["status"])], device_id=device_id)
     elif applied.system in ("timeout", "caller_left"):  # stop the receiver's ringing
         call_announce(call=call, event=_EVENTS[Status(call["status"])])
     elif applied.system:  # the call ended by itself: tell whoever may still be in it

@@ -85,7 +85,7 @@ CALL_CALLER_GONE_SECONDS = env.int("CALL_CALLER_GONE_SECONDS", default=10)
 CALL_JOIN_GRACE_SECONDS = env.int("CALL_JOIN_GRACE_SECONDS", default=120)
 CALL_MAX_SECONDS = env.int("CALL_MAX_SECONDS", default=14400)
 
-# Push: iOS VoIP over APNs, Android over FCM HTTP v1 (names as in the seed)
+# Push: iOS over APNs (VoIP for incoming calls only), Android over FCM HTTP v1 (names as in the seed)
 APNS_TEAM_ID = env.str("APNS_TEAM_ID", default="")
 APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
 APNS_BUNDLE_ID = env.str("APNS_BUNDLE_ID", default="")
@@ -100,6 +100,8 @@ FCM_SERVICE_ACCOUNT_JSON = env.str("FCM_SERVICE_ACCOUNT_JSON", default="")
 FCM_BASE_URL = env.str("FCM_BASE_URL", default="")  # empty: Google's
 # A push never holds an invite longer than about this (plus one quick retry on 429/5xx).
 PUSH_TIMEOUT_SECONDS = env.float("PUSH_TIMEOUT_SECONDS", default=3.0)
+# Devices (users/{uid}/devices) told about a call, the most recently updated first.
+PUSH_MAX_DEVICES = env.int("PUSH_MAX_DEVICES", default=10)
 
 # Storage (recordings)
 STORAGE_UPLOAD_TIMEOUT_SECONDS = env.float("STORAGE_UPLOAD_TIMEOUT_SECONDS", default=300)
