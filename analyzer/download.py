@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (1.0, 3.0)  # so at most three attempts
 TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
-CHUNK_BYTES = 256 * 1024
 
 
 def audio_download(*, client: httpx.Client, url: str, dst: Path, max_bytes: int,
@@ -67,7 +66,7 @@ def _attempt(*, client: httpx.Client, url: str, dst: Path, max_bytes: int,
             raise _too_large(max_bytes, f"has {int(length)} bytes")
         written = 0
         with dst.open("wb") as out:
-            for chunk in response.iter_bytes(CHUNK_BYTES):
+            for chunk in response.iter_bytes():  # as it arrives: a sized chunk would wait
                 if should_stop():
                     raise JobFailed("shutting_down", "the analyzer stopped while downloading")
                 written += len(chunk)

@@ -38,6 +38,7 @@ class Delivery:
     body: dict | None
     verified: bool
     answered: int
+    seq: int  # arrival order over every job
 
 
 class FakeAnalysisAPI:
@@ -51,6 +52,7 @@ class FakeAnalysisAPI:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.audio_requests = 0
+        self._seq = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -168,9 +170,10 @@ class FakeAnalysisAPI:
         with self._cond:
             planned = self.answers.get(job_id) or []
             status = planned.pop(0) if planned else (200 if verified else 401)
+            self._seq += 1
             self._deliveries.setdefault(job_id, []).append(Delivery(
                 msg_id=headers.get("webhook-id", ""), headers=headers, body=body,
-                verified=verified, answered=status))
+                verified=verified, answered=status, seq=self._seq))
             self._cond.notify_all()
         _answer(handler, status, json.dumps({"ok": 200 <= status < 300}).encode())
 
