@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 from standardwebhooks import Webhook
@@ -71,11 +71,11 @@ class CallbackSender:
                      body.get("type"), body.get("job_id"), last, attempt + 1, delay)
             time.sleep(delay)
         log.warning("callback %s for job %s not delivered to %s: %s", body.get("type"),
-                    body.get("job_id"), url, last)
+                    body.get("job_id"), url.split("?", 1)[0], last)
         return False
 
     def _headers(self, msg_id: str, data: str) -> dict:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         headers = {"content-type": "application/json", "webhook-id": msg_id,
                    "webhook-timestamp": str(int(now.timestamp()))}
         if self._webhook is not None:

@@ -106,7 +106,7 @@ class Settings:
     shutdown_grace_seconds: float
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         grace_raw = os.environ.get("ANALYZER_SHUTDOWN_GRACE_SECONDS", "").strip()
         try:
             grace = float(grace_raw) if grace_raw else 20.0

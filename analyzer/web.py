@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from .errors import InvalidJson, InvalidSignature, QueueFull, RequestRefused
+from .errors import InvalidJson, InvalidSignature, QueueFull, RequestRefused, ShuttingDown
 from .jobs import JobQueue, job_from_request
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ async def jobs_create(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise InvalidJson("the body is not JSON") from exc
     job = job_from_request(payload)
+    if service.stopping:
+        raise ShuttingDown("the analyzer is shutting down")
     status = service.queue.submit(job)
     log.info("job %s: POST /jobs answered %s", job.job_id, status)
     return web.json_response({"job_id": job.job_id, "status": status}, status=202)

@@ -103,7 +103,7 @@ def job_refuse(*, job: Job, sender: CallbackSender, code: str, message: str) -> 
 
 
 def _analyse(*, job: Job, settings: Settings, transcriber: Transcriber | None,
-             client: httpx.Client, abort: threading.Event, progress: "_Progress",
+             client: httpx.Client, abort: threading.Event, progress: _Progress,
              tmp: Path) -> dict:
     audio = tmp / "audio"
     audio_download(client=client, url=job.audio_url, dst=audio,

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import wave
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -108,7 +108,7 @@ class Analyzer:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         sent = dict(headers or {})
         if secret is not None:
-            msg_id, at = f"msg_{secrets.token_hex(8)}", at or datetime.now(timezone.utc)
+            msg_id, at = f"msg_{secrets.token_hex(8)}", at or datetime.now(UTC)
             sent = {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
                     "webhook-signature": Webhook(secret).sign(
                         msg_id, at, (signed_body or data).decode()), **sent}
@@ -291,7 +291,7 @@ def test_unsigned_or_badly_signed_jobs_are_refused(analyzer, api, how):
     elif how == "tampered_body":
         answer = analyzer.submit(data.replace(b"x.wav", b"y.wav"), signed_body=data)
     elif how == "stale":
-        answer = analyzer.submit(data, at=datetime.now(timezone.utc) - timedelta(minutes=10))
+        answer = analyzer.submit(data, at=datetime.now(UTC) - timedelta(minutes=10))
     else:
         answer = analyzer.submit(data, headers={"webhook-signature": "v1,not-base64!"})
     _error(answer, 401, "invalid_signature")
