@@ -49,25 +49,32 @@ class Transcriber:
         recognizer.SetWords(True)
         segments: list[dict] = []
         fed = 0
-        try:
-            with wav.open("rb") as f:
-                f.seek(WAV_HEADER_BYTES)
-                while chunk := f.read(CHUNK_FRAMES * 2):
-                    if should_stop():
-                        raise JobFailed("shutting_down",
-                                        "the analyzer stopped while transcribing")
-                    if recognizer.AcceptWaveform(chunk):
-                        _add_segment(segments, recognizer.Result())
-                    fed += len(chunk) // 2
-                    on_progress(min(fed / frames, 1.0) if frames else 1.0)
-            _add_segment(segments, recognizer.FinalResult())
-        except JobFailed:
-            raise
-        except Exception as exc:
-            log.exception("transcription failed")
-            raise JobFailed("transcription_failed", f"vosk failed: {exc}") from exc
+        with wav.open("rb") as f:
+            f.seek(WAV_HEADER_BYTES)
+            while chunk := f.read(CHUNK_FRAMES * 2):
+                if should_stop():
+                    raise JobFailed("shutting_down", "the analyzer stopped while transcribing")
+                _recognize(segments, recognizer, chunk)
+                fed += len(chunk) // 2
+                on_progress(min(fed / frames, 1.0) if frames else 1.0)
+        _recognize(segments, recognizer, None)
         return {"text": " ".join(segment["text"] for segment in segments),
                 "segments": segments}
+
+
+def _recognize(segments: list[dict], recognizer, chunk: bytes | None) -> None:
+    """Feed `chunk` (None: the end of the audio); the utterance that ends, if any, joins
+    `segments`. Only Vosk's own failures become `transcription_failed`."""
+    try:
+        if chunk is None:
+            raw = recognizer.FinalResult()
+        else:
+            raw = recognizer.Result() if recognizer.AcceptWaveform(chunk) else None
+    except Exception as exc:
+        log.exception("vosk failed")
+        raise JobFailed("transcription_failed", f"vosk failed: {exc}") from exc
+    if raw is not None:
+        _add_segment(segments, raw)
 
 
 def _add_segment(segments: list[dict], raw: str) -> None:

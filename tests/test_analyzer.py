@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import wave
@@ -21,6 +23,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from analyzer.metrics import speech_metrics
 from devstack.emulators import _http_ok, free_port, spawn, stop, wait_until
 from media.audio import convert_to_wav
 from tests.fakes.analysis_api import TERMINAL_TYPES, FakeAnalysisAPI
@@ -245,6 +248,19 @@ def test_silent_recording_has_no_speech_and_an_empty_transcript(analyzer, api, r
     assert list(analyzer.work_dir.iterdir()) == []
 
 
+def test_clipped_samples_are_counted_exactly(tmp_path):
+    # 2 s of a 440 Hz sine driven 50 % past full scale, clipped as a converter would.
+    values = [max(-32768, min(32767, round(1.5 * 32767 * math.sin(2 * math.pi * 440 * i / 16000))))
+              for i in range(32000)]
+    wav = _write_wav(tmp_path / "clipped.wav", struct.pack(f"<{len(values)}h", *values))
+    metrics = speech_metrics(wav=wav, frames=len(values), should_stop=lambda: False)
+    clipped = sum(v in (32767, -32768) for v in values)
+    assert clipped > 0
+    assert metrics["clippedRatio"] == round(clipped / len(values), 6)
+    assert metrics["speechSec"] == pytest.approx(2.0, abs=0.01)
+    assert metrics["truePeakDbtp"] >= 0 and metrics["loudnessLufs"] > -10
+
+
 def test_health_needs_no_auth_and_shows_no_secret(analyzer):
     answer = httpx.get(f"{analyzer.base}/health")
     assert answer.status_code == 200
@@ -355,15 +371,21 @@ def test_webhooks_are_retried_on_5xx_with_the_same_id(analyzer, api, recordings)
     assert len({d.msg_id for d in first}) == 1
 
 
+@pytest.mark.parametrize("refused", [1, 3], ids=["downloaded", "transcribing"])
 def test_a_4xx_answer_to_a_webhook_ends_the_job_without_more_webhooks(analyzer, api,
-                                                                       recordings):
-    api.answers["gone-api-1"] = [410]
-    url = api.add_audio("gone-api.webm", recordings["silence"])
-    assert analyzer.submit(job(api, "gone-api-1", url)).status_code == 202
-    wait_until(lambda: api.deliveries("gone-api-1"), timeout=WAIT_S, what="first webhook")
+                                                                       recordings, refused):
+    job_id = f"gone-api-{refused}"
+    api.answers[job_id] = [200] * (refused - 1) + [410]
+    url = api.add_audio(f"{job_id}.webm", recordings["silence"])
+    assert analyzer.submit(job(api, job_id, url)).status_code == 202
+    wait_until(lambda: len(api.deliveries(job_id)) >= refused, timeout=WAIT_S,
+               what=f"webhook {refused}")
     analyzer.wait_for(lambda h: h["queued"] == 0 and h["running"] == 0, "the job to end")
-    assert [(d.body["progress"], d.answered) for d in api.deliveries("gone-api-1")] == [
-        (10, 410)]
+    deliveries = api.deliveries(job_id)
+    assert [d.answered for d in deliveries] == [200] * (refused - 1) + [410]
+    assert all(d.body["type"] == "progress" for d in deliveries)
+    if refused == 3:
+        assert deliveries[-1].body["message"].startswith("transcribing")
 
 
 # --- queue, repeats and shutdown (an analyzer without a model: no transcript) -------------
