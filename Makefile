@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) -m bench.recorder
 	$(PY) -m bench.uploads
 	$(PY) -m bench.ncs
+	$(PY) -m bench.analysis --part analyzer
 
 clean:
 	rm -rf $(VENV) .pytest_cache
