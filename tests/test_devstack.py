@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from devstack.emulators import free_port
@@ -43,19 +44,20 @@ def _post(url: str, body: dict) -> dict:
 
 def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
     ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port(),
-             "RECORDER_PORT": free_port()}
+             "RECORDER_PORT": free_port(), "ANALYZER_PORT": free_port()}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MEMHARBOR_", "AGORA_", "FIREBASE_", "FIRESTORE_", "STORAGE_",
                                 "AUTH_MODE", "OPS_API_KEY", "DJANGO_SETTINGS_MODULE"))}
     env.update(FIRESTORE_PORT=str(ports["FIRESTORE_PORT"]), STORAGE_PORT=str(ports["STORAGE_PORT"]),
                GUNICORN_BIND=f"127.0.0.1:{ports['API']}", LOG_DIR=str(tmp_path),
                RECORDER_PORT=str(ports["RECORDER_PORT"]),
+               ANALYZER_PORT=str(ports["ANALYZER_PORT"]),
                RECORDINGS_DIR=str(tmp_path / "recordings"))
     proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     output = []
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -67,8 +69,11 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         assert "ready" in text, text
         assert "local development defaults in use" in text and "DEV AUTH IS ON" in text
         base = f"http://127.0.0.1:{ports['API']}"
-        with urllib.request.urlopen(f"{base}/api/health", timeout=10) as response:
-            health = json.load(response)
+        try:
+            with urllib.request.urlopen(f"{base}/api/health", timeout=10) as response:
+                health = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(exc.read().decode()) from None
         assert health["status"] == "ok" and health["recorder"]["status"] == "ok"
         # The README's lines: invite as alice (dev auth), then a token for that channel.
         invite = _post(f"{base}/api/call/invite", {
@@ -77,7 +82,7 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         token = _post(f"{base}/api/token", {"channel": invite["channelName"], "uid": 12345})
         assert token["token"].startswith("007")
         children = _children_of(proc.pid)
-        assert len(children) >= 4  # java, fake-gcs-server, the recorder, gunicorn
+        assert len(children) >= 5  # java, fake-gcs-server, the recorder, the analyzer, gunicorn
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
