@@ -51,6 +51,12 @@ class Unauthenticated(AppError):
     message = "Authentication required: send 'Authorization: Bearer <Firebase ID token>'."
 
 
+class WebhookSignatureInvalid(AppError):
+    status = 401
+    code = "invalid_signature"
+    message = "The webhook signature is not valid."
+
+
 class Forbidden(AppError):
     status = 403
     code = "forbidden"
@@ -66,6 +72,11 @@ class NotInCall(Forbidden):
 
 class WrongParty(Forbidden):
     code = "wrong_party"
+
+
+class AudioTokenInvalid(Forbidden):
+    code = "invalid_audio_token"
+    message = "The audio token is not valid for this job."
 
 
 class AdminRequired(Forbidden):
@@ -91,6 +102,11 @@ class RecordingNotFound(NotFound):
     message = "No recording with this id."
 
 
+class AnalysisNotFound(NotFound):
+    code = "analysis_not_found"
+    message = "No analysis job with this id."
+
+
 # --- 409 ----------------------------------------------------------------------------------
 
 class Conflict(AppError):
@@ -112,6 +128,14 @@ class NotFailed(Conflict):
 
 class SourceMissing(Conflict):
     code = "source_missing"
+
+
+# --- 410 ------------------------------------------------------------------------------------
+
+class AnalysisFinished(AppError):
+    status = 410
+    code = "analysis_finished"
+    message = "The analysis job is finished; its audio URL no longer works."
 
 
 # --- 413 / 5xx ------------------------------------------------------------------------------

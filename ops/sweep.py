@@ -4,7 +4,9 @@ keeps calls and recordings honest, each run on its own and reported on its own.
 - calls: pending calls past the ring timeout become missed (and the receivers are told);
 - recordingsOfEndedCalls: recorder sessions still recording a call that is final stop;
 - recorderRetries: the recorder retries recordings whose upload failed;
-- uploads: interrupted uploads fail, failed ones are retried, abandoned files removed.
+- uploads: interrupted uploads fail, failed ones are retried, abandoned files removed;
+- analysis: completed recordings get jobs (ANALYSIS_AUTO), due jobs are dispatched to the
+  analysis server, jobs without news for ANALYSIS_STALE_SECONDS fail.
 
 A part that fails does not stop the others; its report says `{"error": ...}`.
 """
@@ -16,6 +18,7 @@ from datetime import datetime
 
 import structlog
 
+from analysis.services import analysis_sweep
 from calls.services import calls_settle_expired
 from core.clock import utc_now
 from core.errors import AppError
@@ -58,5 +61,6 @@ def sweep_run(*, timeout_seconds: int, now: datetime | None = None) -> SweepRepo
         "recordingsOfEndedCalls": _run("recordingsOfEndedCalls", recordings_stop_of_final_calls),
         "recorderRetries": _run("recorderRetries", recordings_retry_failed),
         "uploads": _run("uploads", lambda: uploads_retry_due(now=now)),
+        "analysis": _run("analysis", lambda: analysis_sweep(now=now)),
     }
     return report
