@@ -411,7 +411,7 @@ def analysis_webhook(*, job_id: str, body: bytes, headers: dict[str, str]) -> di
     if applied.moved_to == Status.COMPLETED and applied.job.get("callId"):
         store.call_analysis_set(applied.job["callId"], job_id=job_id,
                                 summary=(applied.job.get("result") or {}).get("summary"))
-    log.info("analysis_webhook", job_id=job_id, event=event, applied=applied.changed,
+    log.info("analysis_webhook", job_id=job_id, kind=event, applied=applied.changed,
              duplicate=applied.duplicate, status=applied.job["status"])
     return {"success": True, "jobId": job_id, "applied": applied.changed,
             "duplicate": applied.duplicate, "status": applied.job["status"],

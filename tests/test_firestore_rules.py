@@ -70,3 +70,15 @@ def test_apps_write_only_their_own_user_document():
     assert _as("alice", "GET", "users/alice") == 200
     assert _as("alice", "PATCH", "users/bob", {"voipToken": "stolen"}) == 403
     assert _as("alice", "GET", "users/bob") == 403
+
+
+def test_a_jobs_participants_read_it_and_nobody_writes_it():
+    firestore_client().collection("analysisJobs").document("j1").set(
+        {"jobId": "j1", "participants": ["alice", "bob"], "status": "queued"})
+    assert _as("alice", "GET", "analysisJobs/j1") == 200
+    assert _as("bob", "GET", "analysisJobs/j1") == 200
+    assert _as("mallory", "GET", "analysisJobs/j1") == 403
+    assert _as(None, "GET", "analysisJobs/j1") == 403
+    assert _as("alice", "PATCH", "analysisJobs/j1", {"status": "completed"}) == 403
+    assert _as("alice", "PATCH", "analysisJobs/j2", {"status": "queued"}) == 403
+    assert _as("alice", "GET", "analysisJobs/j1/deliveries/m1") == 403
