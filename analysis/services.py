@@ -301,6 +301,9 @@ def _payload(body: bytes) -> dict:
         raise ValidationFailed("The webhook body is not JSON.")
     if not isinstance(payload, dict):
         raise ValidationFailed("The webhook body must be a JSON object.")
+    if "type" not in payload and isinstance(payload.get("analysis_results"), dict):
+        # The seeds' analysis-complete body: `{"analysis_results": {...}}`.
+        payload = {**payload, "type": "completed", "result": payload["analysis_results"]}
     if payload.get("type") not in WEBHOOK_EVENTS:
         raise ValidationFailed("type must be one of: " + ", ".join(WEBHOOK_EVENTS) + ".")
     progress = payload.get("progress")

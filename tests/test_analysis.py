@@ -501,3 +501,35 @@ def test_progress_streams_through_gunicorn_in_order_and_ends(as_user, client, an
     done = requests.get(f"{base}/api/analysis/{job_id}/events", timeout=60,
                         headers={**headers, "Last-Event-ID": str(ids[-1])})
     assert done.status_code == 204
+
+
+def test_a_quiet_stream_sends_heartbeats_and_ends_at_its_maximum_life(as_user, analysis_off,
+                                                                      queued_job, start_server,
+                                                                      securetoken):
+    base = start_server(ANALYSIS_STREAM_POLL_SECONDS="0.05",
+                        ANALYSIS_STREAM_HEARTBEAT_SECONDS="0", ANALYSIS_STREAM_MAX_SECONDS="1")
+    response = requests.get(f"{base}/api/analysis/{queued_job}/events", stream=True,
+                            timeout=60,
+                            headers={"Authorization": f"Bearer {securetoken.mint('alice')}"})
+    blocks = list(sse(response))  # ends by itself although the job is still queued
+    events = [block for block in blocks if "event" in block]
+    assert [(e["id"], e["event"]) for e in events] == [("1", "progress")]
+    assert json.loads(events[0]["data"])["status"] == "queued"
+    assert any("heartbeat" in block.get("comments", []) for block in blocks)
+    assert job_doc(queued_job)["status"] == "queued"
+
+
+def test_a_callback_naming_another_job_in_its_body_is_refused(client, queued_job, secret):
+    response = post_webhook(client, queued_job,
+                            {"type": "progress", "progress": 10, "job_id": "another"}, [secret])
+    error_of(response, 400, "validation_error")
+    assert job_doc(queued_job)["progress"] == 0
+
+
+def test_the_seeds_analysis_complete_body_completes_the_job(client, queued_job, secret, call):
+    response = post_webhook(client, queued_job, {"analysis_results": {
+        "summary": "요약", "metrics": {"speechRatio": 0.5}}}, [secret],
+        path="/api/webhooks/analysis-complete")
+    assert response.status_code == 200 and response.json()["status"] == "completed"
+    assert job_doc(queued_job)["result"]["metrics"] == {"speechRatio": 0.5}
+    assert stored(call["callId"])["aiSummary"] == "요약"
