@@ -198,8 +198,9 @@ if AGORA_TOKEN_VERSION not in ("007", "006"):
 if not SECRET_KEY:
     SECRET_KEY = "insecure-local-development-key"
 for _secret in ANALYSIS_WEBHOOK_SECRET.split():
+    _secret = _secret.removeprefix("whsec_")
     try:
-        if not base64.b64decode(_secret.removeprefix("whsec_") + "==", validate=True):
+        if not base64.b64decode(_secret + "=" * (-len(_secret) % 4), validate=True):
             raise ValueError("empty")
     except (ValueError, binascii.Error):
         raise ImproperlyConfigured(

@@ -533,3 +533,32 @@ def test_the_seeds_analysis_complete_body_completes_the_job(client, queued_job, 
     assert response.status_code == 200 and response.json()["status"] == "completed"
     assert job_doc(queued_job)["result"]["metrics"] == {"speechRatio": 0.5}
     assert stored(call["callId"])["aiSummary"] == "요약"
+
+
+def test_a_result_with_a_long_transcript_is_taken_whole(client, queued_job, secret):
+    # Callbacks may be far larger than API_MAX_BODY_BYTES (64 KiB): a long call's transcript.
+    segments = [{"start": n, "end": n + 1, "text": f"문장 {n} " * 5} for n in range(3000)]
+    text = " ".join(segment["text"] for segment in segments)
+    event = {"type": "completed", "result": {"summary": "긴 통화",
+                                             "transcript": {"text": text, "segments": segments}}}
+    response = post_webhook(client, queued_job, event, [secret])
+    assert response.status_code == 200, response.content
+    assert len(json.dumps(event, ensure_ascii=False).encode()) > 5 * 64 * 1024
+    stored_transcript = json.loads(storage_bucket().blob(f"analysis/{queued_job}.json")
+                                   .download_as_bytes())
+    assert (stored_transcript["text"], len(stored_transcript["segments"])) == (text, 3000)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"ANALYSIS_WEBHOOK_SECRET": "not base64!"}, "ANALYSIS_WEBHOOK_SECRET must be"),
+    ({"ANALYSIS_SERVER_URL": "http://analyzer:3200"}, "ANALYSIS_SERVER_URL needs"),
+])
+def test_a_half_configured_analysis_stops_start_up(tmp_path, env, message):
+    from tests.test_settings import PRODUCTION, _boot
+
+    result = _boot(tmp_path, **PRODUCTION, **env)
+    assert result.returncode != 0 and message in result.stderr
+    complete = {"ANALYSIS_SERVER_URL": "http://analyzer:3200",
+                "ANALYSIS_WEBHOOK_SECRET": new_secret(),
+                "ANALYSIS_CALLBACK_BASE_URL": "http://api:8000"}
+    assert _boot(tmp_path, **PRODUCTION, **complete).returncode == 0
