@@ -109,9 +109,19 @@ def analysis_start(*, principal: Principal, recording_id: str,
     job, created = analysis_create(recording=recording, requested_by=principal.uid,
                                    force=force)
     if created:
-        job = analysis_dispatch(job, now=utc_now(),
-                                timeout=settings.ANALYSIS_DISPATCH_QUICK_TIMEOUT_SECONDS)
+        job = _dispatch_quickly(job)
     return (202 if created else 200), analysis_view(job)
+
+
+def _dispatch_quickly(job: dict) -> dict:
+    """The one short dispatch try of the request that created `job`; whatever goes wrong
+    leaves the job queued for the sweep (the job exists: the request still succeeds)."""
+    try:
+        return analysis_dispatch(job, now=utc_now(),
+                                 timeout=settings.ANALYSIS_DISPATCH_QUICK_TIMEOUT_SECONDS)
+    except Exception:
+        log.exception("analysis_dispatch_crashed", job_id=job["jobId"])
+        return store.job_read(job["jobId"]) or job
 
 
 def analysis_create(*, recording: dict, requested_by: str,
@@ -159,8 +169,7 @@ def analysis_auto_for_recording(sender=None, *, recording: dict, **_) -> None:
     try:
         job, created = analysis_create(recording=recording, requested_by="auto")
         if created:
-            analysis_dispatch(job, now=utc_now(),
-                              timeout=settings.ANALYSIS_DISPATCH_QUICK_TIMEOUT_SECONDS)
+            _dispatch_quickly(job)
     except Exception:  # the sweep creates and dispatches it later
         log.exception("analysis_auto_failed", recording_id=recording.get("recordingId"))
 

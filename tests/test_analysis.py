@@ -562,3 +562,16 @@ def test_a_half_configured_analysis_stops_start_up(tmp_path, env, message):
                 "ANALYSIS_WEBHOOK_SECRET": new_secret(),
                 "ANALYSIS_CALLBACK_BASE_URL": "http://api:8000"}
     assert _boot(tmp_path, **PRODUCTION, **complete).returncode == 0
+
+
+def test_a_start_without_a_body_is_a_plain_start(client, bearer, analysis_off, recording):
+    response = client.generic("POST", f"/api/recordings/{recording['recordingId']}/analyze",
+                              b"", headers=bearer("alice"))
+    assert response.status_code == 202, response.content
+    assert set(response.json()) >= {"jobId", "status", "progress"}
+
+
+def test_a_start_with_a_body_that_is_not_an_object_is_400(as_user, analysis_off, recording):
+    error_of(analyze(as_user, recording["recordingId"], body={"force": "very"}), 400,
+             "validation_error")
+    error_of(analyze(as_user, recording["recordingId"], body="[1"), 400, "validation_error")
