@@ -397,6 +397,20 @@ def test_a_busy_server_is_retried_and_a_refusal_fails_at_once(as_user, analysis_
     assert fake.jobs == []
 
 
+@pytest.mark.parametrize("answer,http_status", [("busy", 429), ("broken", 503), ("hang", None)])
+def test_busy_broken_or_silent_servers_leave_the_job_queued_for_a_retry(
+        as_user, analysis_on, fake, recording, answer, http_status):
+    analysis_on.ANALYSIS_DISPATCH_QUICK_TIMEOUT_SECONDS = 0.5
+    fake.start()
+    fake.answer = answer
+    started = analyze(as_user, recording["recordingId"])
+    assert (started.status_code, started.json()["status"]) == (202, "queued")
+    job = job_doc(started.json()["jobId"])
+    assert (job["attempts"], job["error"]["code"]) == (1, "analysis_unavailable")
+    assert job["error"]["httpStatus"] == http_status
+    assert job["nextAttemptAt"] > job["updatedAt"]
+
+
 def test_the_sweep_fails_a_job_the_server_forgot(as_user, client, analysis_off, secret,
                                                  queued_job):
     post_webhook(client, queued_job, {"type": "progress", "progress": 10}, [secret])

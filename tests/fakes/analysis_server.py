@@ -72,7 +72,8 @@ class Job:
 
 
 class FakeAnalysisServer:
-    """`answer`: "accept" (202), "busy" (429), "refuse" (400 with `refusal`)."""
+    """`answer`: "accept" (202), "busy" (429), "broken" (503), "refuse" (400 with
+    `refusal`), or "hang" (no answer until the server stops: the client's timeout)."""
 
     def __init__(self, secret: str):
         self.secret = secret
@@ -84,6 +85,7 @@ class FakeAnalysisServer:
         self.jobs: list[Job] = []
         self.unsigned_posts = 0
         self._steps: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -120,6 +122,11 @@ class FakeAnalysisServer:
                     return self._json(401, {"error": f"bad signature: {exc}"})
                 if fake.answer == "busy":
                     return self._json(429, {"error": "busy, retry later"})
+                if fake.answer == "broken":
+                    return self._json(503, {"error": "model not loaded"})
+                if fake.answer == "hang":
+                    fake._stopping.wait(60)
+                    return None
                 if fake.answer == "refuse":
                     return self._json(400, {"error": fake.refusal})
                 job = Job(payload)
@@ -133,6 +140,7 @@ class FakeAnalysisServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
