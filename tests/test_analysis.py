@@ -589,3 +589,19 @@ def test_a_start_with_a_body_that_is_not_an_object_is_400(as_user, analysis_off,
     error_of(analyze(as_user, recording["recordingId"], body={"force": "very"}), 400,
              "validation_error")
     error_of(analyze(as_user, recording["recordingId"], body="[1"), 400, "validation_error")
+
+
+def test_racing_starts_create_one_job(analysis_off, app_server, recording, securetoken):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"{app_server}/api/recordings/{recording['recordingId']}/analyze"
+
+    def start(uid):
+        return requests.post(url, json={}, timeout=60,
+                             headers={"Authorization": f"Bearer {securetoken.mint(uid)}"})
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(start, ["alice", "bob"] * 3))
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [202]
+    assert len({a.json()["jobId"] for a in answers}) == 1
+    assert len(list(firestore_client().collection("analysisJobs").stream())) == 1
