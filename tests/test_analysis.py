@@ -470,10 +470,12 @@ def sse(response):
 def test_progress_streams_through_gunicorn_in_order_and_ends(as_user, client, analysis_on,
                                                              fake, recording, secret,
                                                              start_server, securetoken):
+    # gunicorn first: forking while this process's threads talk gRPC (the fake fetching
+    # audio from the in-process app) can abort the child before it execs.
+    base = start_server(ANALYSIS_STREAM_POLL_SECONDS="0.05")
     fake.stepwise = True
     fake.start()
     job_id = analyze(as_user, recording["recordingId"]).json()["jobId"]
-    base = start_server(ANALYSIS_STREAM_POLL_SECONDS="0.05")
     headers = {"Authorization": f"Bearer {securetoken.mint('bob')}"}
     response = requests.get(f"{base}/api/analysis/{job_id}/events", headers=headers,
                             stream=True, timeout=60)
