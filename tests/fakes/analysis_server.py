@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import queue
-import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -49,12 +48,6 @@ def sign(body: str, secrets: list[str], *, msg_id: str | None = None,
             "webhook-signature": signatures, "Content-Type": "application/json"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Delivery:
     event: dict
@@ -78,7 +71,6 @@ class FakeAnalysisServer:
     def __init__(self, secret: str):
         self.secret = secret
         self.callback_secrets = [secret]  # what callbacks are signed with
-        self.port = _free_port()  # reserved now, bound by start(): "down" until then
         self.answer = "accept"
         self.refusal = "language 'xx' is not supported"
         self.stepwise = False
@@ -86,7 +78,14 @@ class FakeAnalysisServer:
         self.unsigned_posts = 0
         self._steps: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._started = False
+        # Bound now but not listening until start(): connections are refused ("down")
+        # and no other server can be given this port meanwhile.
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(),
+                                           bind_and_activate=False)
+        self._server.daemon_threads = True
+        self._server.server_bind()
+        self.port = self._server.server_address[1]
 
     @property
     def url(self) -> str:
@@ -97,6 +96,12 @@ class FakeAnalysisServer:
         self._steps.put(None)
 
     def start(self) -> FakeAnalysisServer:
+        self._server.server_activate()
+        self._started = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def _handler(self):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -134,17 +139,14 @@ class FakeAnalysisServer:
                 threading.Thread(target=fake._run, args=(job,), daemon=True).start()
                 return self._json(202, {"accepted": True, "engine": "fake-analyzer/1"})
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
+        return Handler
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
+        if self._started:
             self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            self._started = False
+        self._server.server_close()
         for _ in range(10):
             self._steps.put(None)  # release held jobs
 
