@@ -16,6 +16,7 @@ from api.uploads import upload_limit_bytes
 log = structlog.get_logger("api.request")
 
 UPLOAD_PATH = "/api/recordings/upload"
+WEBHOOK_PATH = "/api/webhooks/analysis"
 MULTIPART_OVERHEAD = 1024 * 1024  # boundaries, part headers and the form fields
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{8,128}$")
 
@@ -63,6 +64,8 @@ class RequestLogMiddleware:
             # The file's own limit is enforced while it streams to disk; this refuses a
             # declared body that cannot fit before reading any of it.
             limit = upload_limit_bytes() + MULTIPART_OVERHEAD
+        elif request.path.startswith(WEBHOOK_PATH):
+            limit = settings.ANALYSIS_WEBHOOK_MAX_BYTES  # callbacks carry transcripts
         if declared > limit:
             return error_response(
                 http_status=413, message=f"The request body is larger than {limit} bytes."

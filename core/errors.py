@@ -51,6 +51,12 @@ class Unauthenticated(AppError):
     message = "Authentication required: send 'Authorization: Bearer <Firebase ID token>'."
 
 
+class WebhookSignatureInvalid(AppError):
+    status = 401
+    code = "invalid_signature"
+    message = "The webhook signature is not valid."
+
+
 class Forbidden(AppError):
     status = 403
     code = "forbidden"
@@ -76,6 +82,9 @@ class UidReserved(Forbidden):
 class InvalidSignature(Unauthenticated):
     code = "invalid_signature"
     message = "The request's signature is missing or does not match its body."
+class AudioTokenInvalid(Forbidden):
+    code = "invalid_audio_token"
+    message = "The audio token is not valid for this job."
 
 
 class AdminRequired(Forbidden):
@@ -99,6 +108,11 @@ class CallNotFound(NotFound):
 class RecordingNotFound(NotFound):
     code = "recording_not_found"
     message = "No recording with this id."
+
+
+class AnalysisNotFound(NotFound):
+    code = "analysis_not_found"
+    message = "No analysis job with this id."
 
 
 # --- 409 ----------------------------------------------------------------------------------
@@ -127,6 +141,14 @@ class NotFailed(Conflict):
 
 class SourceMissing(Conflict):
     code = "source_missing"
+
+
+# --- 410 ------------------------------------------------------------------------------------
+
+class AnalysisFinished(AppError):
+    status = 410
+    code = "analysis_finished"
+    message = "The analysis job is finished; its audio URL no longer works."
 
 
 # --- 413 / 5xx ------------------------------------------------------------------------------

@@ -370,7 +370,8 @@ def test_sweep_needs_the_ops_key_or_an_admin(as_user, client):
         "recordingsOfEndedCalls": {"stopped": 0},
         "recorderRetries": {"retrying": 0},
         "uploads": {"interrupted": 0, "retried": 0, "completed": 0,
-                    "abandonedFilesRemoved": 0}}}
+                    "abandonedFilesRemoved": 0},
+        "analysis": {"created": 0, "dispatched": {}, "stale": 0}}}
     assert as_user("root", admin=True).post(path, {}).status_code == 200
 
 

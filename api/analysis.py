@@ -1,0 +1,119 @@
+"""Analysis endpoints: start a recording's analysis, read a job, follow it as Server-Sent
+Events, the job-scoped audio URL the analysis server fetches, and the server's signed
+callbacks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from ninja import Query, Router, Schema
+from ninja.responses import Status
+from pydantic import StringConstraints
+from pydantic import ValidationError as PydanticValidationError
+
+from analysis import services
+from analysis.states import FINAL
+from analysis.stream import job_events
+from api import delivery
+from api.auth import user_auth
+from api.library import RecordingId
+from core.errors import PayloadTooLarge, ValidationFailed
+
+analyze_router = Router(tags=["analysis"], auth=user_auth)
+analysis_router = Router(tags=["analysis"], auth=user_auth)
+webhooks_router = Router(tags=["analysis"], auth=None)
+
+JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,128}$")]
+_WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+class AnalyzeIn(Schema):
+    force: bool = False  # admins: a new job even when the recording has one
+
+
+def _analyze_body(request: HttpRequest) -> AnalyzeIn:
+    # The body is optional (apps send none), which ninja's body parameters cannot say.
+    raw = request.body.strip()
+    if not raw:
+        return AnalyzeIn()
+    try:
+        return AnalyzeIn.model_validate_json(raw)
+    except PydanticValidationError as exc:
+        message = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                            for e in exc.errors())
+        raise ValidationFailed(message)
+
+
+@analyze_router.post("/{recording_id}/analyze", response={200: dict, 202: dict},
+                     summary="Analyse a completed recording (202 new job, 200 existing)",
+                     description='Optional JSON body `{"force": true}` (admins): a new job.')
+def analyze(request: HttpRequest, recording_id: RecordingId):
+    return Status(*services.analysis_start(principal=request.principal,
+                                           recording_id=recording_id,
+                                           force=_analyze_body(request).force))
+
+
+@analysis_router.get("/{job_id}", summary="An analysis job: status, progress, result")
+def job(request: HttpRequest, job_id: JobId):
+    return services.analysis_read(principal=request.principal, job_id=job_id)
+
+
+def _last_event_id(request: HttpRequest) -> int:
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    return int(raw) if raw.isdigit() else 0
+
+
+@analysis_router.get("/{job_id}/events", summary="An analysis job's progress (text/event-stream)")
+def events(request: HttpRequest, job_id: JobId):
+    job = services.access_job(request.principal, job_id)
+    last_seq = _last_event_id(request)
+    if job["status"] in FINAL and int(job.get("seq") or 0) <= last_seq:
+        return HttpResponse(status=204)  # EventSource stops reconnecting on 204
+    response = StreamingHttpResponse(
+        job_events(job, last_seq=last_seq, view=services.analysis_view,
+                   poll_seconds=settings.ANALYSIS_STREAM_POLL_SECONDS,
+                   heartbeat_seconds=settings.ANALYSIS_STREAM_HEARTBEAT_SECONDS,
+                   max_seconds=settings.ANALYSIS_STREAM_MAX_SECONDS),
+        content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+class AudioIn(Schema):
+    token: str = ""
+
+
+@analysis_router.get("/{job_id}/audio", auth=None,
+                     summary="The job's audio, for the analysis server (job-scoped token)")
+def audio(request: HttpRequest, job_id: JobId, params: Query[AudioIn]):
+    media = services.analysis_audio(job_id=job_id, token=params.token)
+    return delivery.media_response(request, media, attachment=False)
+
+
+class WebhookIn(Schema):
+    job_id: JobId
+
+
+def _webhook(request: HttpRequest, params: WebhookIn):
+    # Read here, not via request.body: callbacks may exceed DATA_UPLOAD_MAX_MEMORY_SIZE
+    # (the middleware has refused a declared size over ANALYSIS_WEBHOOK_MAX_BYTES).
+    limit = settings.ANALYSIS_WEBHOOK_MAX_BYTES
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"The callback is larger than {limit} bytes.")
+    headers = {name: request.headers[name] for name in _WEBHOOK_HEADERS
+               if name in request.headers}
+    return services.analysis_webhook(job_id=params.job_id, body=body, headers=headers)
+
+
+@webhooks_router.post("/analysis", summary="Signed callbacks of the analysis server")
+def webhook(request: HttpRequest, params: Query[WebhookIn]):
+    return _webhook(request, params)
+
+
+@webhooks_router.post("/analysis-complete", summary="Signed callbacks (the seeds' path)")
+def webhook_complete(request: HttpRequest, params: Query[WebhookIn]):
+    return _webhook(request, params)
