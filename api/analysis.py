@@ -1,6 +1,6 @@
 """Analysis endpoints: start a recording's analysis, read a job, follow it as Server-Sent
-Events, the job-scoped audio URL the analysis server fetches, and the server's signed
-callbacks."""
+Events, the job-scoped audio URL the analysis server fetches, the server's signed
+callbacks are in api/webhooks.py."""
 
 from __future__ import annotations
 
@@ -19,14 +19,12 @@ from analysis.stream import job_events
 from api import delivery
 from api.auth import user_auth
 from api.library import RecordingId
-from core.errors import PayloadTooLarge, ValidationFailed
+from core.errors import ValidationFailed
 
 analyze_router = Router(tags=["analysis"], auth=user_auth)
 analysis_router = Router(tags=["analysis"], auth=user_auth)
-webhooks_router = Router(tags=["analysis"], auth=None)
 
 JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,128}$")]
-_WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 class AnalyzeIn(Schema):
@@ -91,29 +89,3 @@ class AudioIn(Schema):
 def audio(request: HttpRequest, job_id: JobId, params: Query[AudioIn]):
     media = services.analysis_audio(job_id=job_id, token=params.token)
     return delivery.media_response(request, media, attachment=False)
-
-
-class WebhookIn(Schema):
-    job_id: JobId
-
-
-def _webhook(request: HttpRequest, params: WebhookIn):
-    # Read here, not via request.body: callbacks may exceed DATA_UPLOAD_MAX_MEMORY_SIZE
-    # (the middleware has refused a declared size over ANALYSIS_WEBHOOK_MAX_BYTES).
-    limit = settings.ANALYSIS_WEBHOOK_MAX_BYTES
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"The callback is larger than {limit} bytes.")
-    headers = {name: request.headers[name] for name in _WEBHOOK_HEADERS
-               if name in request.headers}
-    return services.analysis_webhook(job_id=params.job_id, body=body, headers=headers)
-
-
-@webhooks_router.post("/analysis", summary="Signed callbacks of the analysis server")
-def webhook(request: HttpRequest, params: Query[WebhookIn]):
-    return _webhook(request, params)
-
-
-@webhooks_router.post("/analysis-complete", summary="Signed callbacks (the seeds' path)")
-def webhook_complete(request: HttpRequest, params: Query[WebhookIn]):
-    return _webhook(request, params)

@@ -9,7 +9,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from api import errors
-from api.analysis import analysis_router, analyze_router, webhooks_router
+from api.analysis import analysis_router, analyze_router
 from api.calls import router as call_router
 from api.health import router as health_router
 from api.library import admin_router, calls_router, recordings_router, users_router
@@ -32,7 +32,6 @@ api.add_router("/recording", recording_router)
 api.add_router("/recordings", recordings_router)
 api.add_router("/recordings", analyze_router)
 api.add_router("/analysis", analysis_router)
-api.add_router("/webhooks", webhooks_router)
 api.add_router("/calls", calls_router)
 api.add_router("/users", users_router)
 api.add_router("/admin", admin_router)
