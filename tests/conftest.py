@@ -176,8 +176,9 @@ def start_server(emulators, securetoken, tmp_path):
     started = []
 
     def start(**env_overrides) -> str:
-        port = free_port()
-        env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1",
+        bind = env_overrides.pop("GUNICORN_BIND", None) or f"127.0.0.1:{free_port()}"
+        port = int(bind.rsplit(":", 1)[1])
+        env = {**os.environ, "GUNICORN_BIND": bind, "GUNICORN_WORKERS": "1",
                "DJANGO_SETTINGS_MODULE": "config.settings", **env_overrides}
         log = tmp_path / f"gunicorn-{port}.log"
         proc = spawn([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
