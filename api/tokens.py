@@ -10,6 +10,7 @@ from ninja import Router, Schema
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from api.auth import user_auth
+from api.schemas import answers
 from calls.services import call_token_check
 from integrations import agora
 from integrations.agora import ACCOUNT_MAX_BYTES, CHANNEL_MAX_BYTES, agora_name
@@ -50,7 +51,7 @@ class TokenOut(Schema):
     expire_in: int
 
 
-@router.post("", response=TokenOut, summary="Issue an Agora RTC token")
+@router.post("", **answers(TokenOut, 400, 401, 403, 503), summary="Issue an Agora RTC token")
 def token_issue(request: HttpRequest, payload: TokenIn):
     call_token_check(principal=request.principal, channel=payload.channel)
     built = agora.rtc_token_build(
