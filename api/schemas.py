@@ -2,9 +2,10 @@
 answer is checked against.
 
 The JSON the apps read is binding, so these models describe it and never reshape it:
-- every model answers exactly the keys it was given: a declared field the view did not
-  send stays absent (never `null`), and undeclared keys pass through (`extra="allow"`), so
-  a field added to a document reaches the apps even before it is declared here;
+- every model answers exactly the keys it was given, in the order given: a declared field
+  the view did not send stays absent (never `null`), and undeclared keys pass through
+  (`extra="allow"`), so a field added to a document reaches the apps even before it is
+  declared here;
 - types are ones pydantic validates without converting (no `float` for an int, no
   `datetime` for a string): timestamps are the ISO 8601 strings the services produce;
 - errors are raised and rendered by the handler in `api/main.py`; `ErrorBody` only
@@ -22,9 +23,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SerializerFunctionWrapHandler,
     create_model,
     model_serializer,
+    model_validator,
 )
 
 from calls.states import Status as CallStatusEnum
@@ -51,16 +55,27 @@ Timestamp = Annotated[
 
 
 class Out(BaseModel):
-    """A response body: the keys given, as given, and any undeclared ones too."""
+    """A response body: the keys given, as given and in the order given, and any
+    undeclared ones too."""
 
     model_config = ConfigDict(extra="allow")
+    _given_order: list[str] | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_order(cls, data: Any, handler: ModelWrapValidatorHandler):
+        model = handler(data)
+        if isinstance(data, dict) and isinstance(model, Out):
+            model._given_order = list(data)
+        return model
 
     # No return annotation: pydantic would document the serialized body as that type.
     @model_serializer(mode="wrap")
     def _keys_given(self, handler: SerializerFunctionWrapHandler):
         data = handler(self)
         given = self.model_fields_set | set(self.__pydantic_extra__ or ())
-        return {key: value for key, value in data.items() if key in given}
+        order = self._given_order or list(data)
+        return {key: data[key] for key in order if key in given and key in data}
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -3,11 +3,20 @@ that check those answers never reshape them."""
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime
 
 import pytest
+from django.http import HttpResponseBase
+from ninja.operation import Operation
+from ninja.responses import Status
+from pydantic import BaseModel
 
 from api.schemas import CallDocument, ErrorBody, RecordingStopOut
+from recorder_bridge import client as recorder_client
+from tests.conftest import post_json
+from tests.test_calls import invite
+from tests.test_recordings_api import _tone_session
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 KNOWN = {
@@ -134,3 +143,87 @@ def test_the_docs_page_renders_in_debug_mode(client, settings):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     assert b"openapi.json" in response.content
+
+
+# --- the schemas change no answer ------------------------------------------------------------
+
+@pytest.fixture
+def unchanged(monkeypatch):
+    """Every answer a view returns as data is checked byte for byte against what the JSON
+    renderer makes of that data without a schema: {"answered": [...], "differing": [...]}."""
+    original = Operation._result_to_response
+    seen: dict[str, list] = {"answered": [], "differing": []}
+
+    def checking(self, request, result, temporal_response):
+        response = original(self, request, result, temporal_response)
+        body = result.value if isinstance(result, Status) else result
+        if not isinstance(result, HttpResponseBase | BaseModel):
+            name = f"{request.method} {request.path}"
+            raw = self.api.renderer.render(request, body, response_status=response.status_code)
+            seen["answered"].append(name)
+            if response.content != raw.encode():
+                seen["differing"].append((name, raw, response.content.decode()))
+        return response
+
+    monkeypatch.setattr(Operation, "_result_to_response", checking)
+    return seen
+
+
+@pytest.fixture
+def recorder(start_recorder, settings):
+    running = start_recorder(RECORDER_JOIN_TIMEOUT_SECONDS="2")
+    settings.RECORDER_SERVICE_URL, settings.RECORDER_SECRET = running.base, running.secret
+    recorder_client._http.cache_clear()
+    yield running
+    recorder_client._http.cache_clear()
+
+
+def test_no_answer_differs_from_the_views_data(unchanged, client, as_user, bearer, recorder,
+                                               settings, tmp_path):
+    ops = {"X-Ops-Key": settings.OPS_API_KEY}
+    call = invite(as_user)
+    call_id = call["callId"]
+    assert as_user("bob").post("/api/call/answer",
+                               {"call_id": call_id, "action": "accept"}).status_code == 200
+    assert as_user("alice").get(f"/api/call/status/{call_id}").status_code == 200
+
+    started = _tone_session(recorder, call)
+    assert as_user("alice").get("/api/recording/status").json()["sessions"]
+    stop = as_user("bob").post("/api/recording/stop", {"sid": started["sid"]})
+    assert stop.json()["firebase"]["firestoreId"] == started["sid"]
+    assert as_user("bob").get("/api/recording/list").json()["recordings"]
+
+    phone = tmp_path / "phone.m4a"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=300:duration=2", "-c:a", "aac", str(phone)], check=True)
+    for status in (201, 200):  # stored, then the same bytes again
+        with phone.open("rb") as file:
+            uploaded = client.post("/api/recordings/upload", headers=bearer("alice"),
+                                   data={"recording": file, "call_id": call_id})
+        assert uploaded.status_code == status, uploaded.content
+    for path in (f"/api/recordings/check-exists?call_id={call_id}",
+                 f"/api/calls/{call_id}/has-recording", "/api/users/bob/has-recording"):
+        assert as_user("alice").get(path).status_code == 200, path
+    for path in ("/api/recordings/upload-status", "/api/admin/recordings"):
+        assert client.get(path, headers=ops).status_code == 200, path
+
+    assert as_user("alice").post("/api/call/end", {"call_id": call_id}).status_code == 200
+    again = invite(as_user)
+    assert as_user("bob").post("/api/call/missed",
+                               {"call_id": again["callId"]}).status_code == 200
+    third = invite(as_user)
+    assert as_user("alice").post("/api/call/cancel",
+                                 {"call_id": third["callId"]}).status_code == 200
+    assert post_json(client, "/api/call/timeout/sweep", {}, ops).status_code == 200
+    assert client.get("/api/health/live").status_code == 200
+
+    assert {
+        "POST /api/call/invite", "POST /api/call/answer", f"GET /api/call/status/{call_id}",
+        "GET /api/recording/status", "POST /api/recording/stop", "GET /api/recording/list",
+        "POST /api/recordings/upload", "GET /api/recordings/check-exists",
+        f"GET /api/calls/{call_id}/has-recording", "GET /api/users/bob/has-recording",
+        "GET /api/recordings/upload-status", "GET /api/admin/recordings",
+        "POST /api/call/end", "POST /api/call/missed", "POST /api/call/cancel",
+        "POST /api/call/timeout/sweep", "GET /api/health/live",
+    } <= set(unchanged["answered"])
+    assert unchanged["differing"] == []
