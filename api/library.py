@@ -47,7 +47,7 @@ class UploadIn(Schema):
 
 @recordings_router.post("/upload", summary="Upload a call's recording (multipart)",
                         **answers({200: UploadOut, 201: UploadOut, 202: UploadOut},
-                                  400, 401, 403, 404, 413, 503))
+                                  400, 401, 403, 404, 411, 413, 503))
 def upload(request: HttpRequest, recording: File[UploadedFile], form: Form[UploadIn]):
     # FILE_UPLOAD_HANDLERS makes `recording` a ReceivedFile: on disk, with its sha256.
     return Status(*uploads.recording_upload_receive(

@@ -107,21 +107,28 @@ class ErrorBody(Out):
     error: ErrorDetail
 
 
+# The codes behind each error status, across the API (an endpoint answers some of them).
 _ERROR_DESCRIPTIONS = {
-    400: "Bad request: validation_error (with `details`), malformed_json, or the action's "
-         "own code",
+    400: "Bad request: validation_error (with `details`), malformed_json, "
+         "malformed_multipart, self_call, unsupported_audio (with `reason`), bad_page_token",
     401: "No valid credentials: unauthenticated, invalid_token, token_expired, "
          "invalid_authorization_header",
     403: "Not allowed: forbidden, not_in_call, wrong_party, not_the_caller, admin_required, "
          "invalid_ops_key",
-    404: "Not found: not_found, call_not_found, recording_not_found, or the action's own code",
-    409: "Conflict with the current state (the error's `status` says which)",
+    404: "Not found: not_found, call_not_found, recording_not_found, no_active_call, "
+         "bad_cursor, no_original, recording_file_missing, session_not_found",
+    409: "Conflict with the current state: invalid_transition (with `status`, `callId`), "
+         "busy (with `callId` of the call holding the line), idempotency_key_reused, "
+         "recording_not_ready / not_failed (with `status`), source_missing",
+    411: "length_required: send the upload with a Content-Length",
     413: "payload_too_large, recording_too_large",
     416: "range_not_satisfiable (`Content-Range: bytes */<size>`)",
     500: "internal_error, with `requestId`",
-    502: "The recorder failed (its code is kept)",
-    503: "A dependency is unavailable or contended (contention, recorder_unavailable, "
-         "auth_unavailable, storage_*); retry later",
+    502: "The recorder failed: its own code (start_failed, agora_join_timeout, "
+         "recorder_error, ...)",
+    503: "Unavailable or contended, retry later: service_unavailable, contention, "
+         "recorder_unavailable, auth_unavailable, audio_unavailable (with `reason`), "
+         "storage_* codes",
 }
 
 

@@ -46,9 +46,9 @@ class TokenIn(Schema):
 
 
 class TokenOut(Schema):
-    token: str
-    expire_at: int
-    expire_in: int
+    token: str = Field(description="Agora RTC token (AccessToken2 '007...' or '006...')")
+    expire_at: int = Field(description="Unix time (seconds) when the token expires")
+    expire_in: int = Field(description="Seconds from now until it expires")
 
 
 @router.post("", **answers(TokenOut, 400, 401, 403, 503), summary="Issue an Agora RTC token")
