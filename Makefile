@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(PY) -m bench.media
 	$(PY) -m bench.recorder
 	$(PY) -m bench.uploads
+	$(PY) -m bench.ncs
+	$(PY) -m bench.analysis --part analyzer
 
 clean:
 	rm -rf $(VENV) .pytest_cache

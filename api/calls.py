@@ -28,6 +28,7 @@ router = Router(tags=["calls"], auth=user_auth)
 
 CallId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,128}$")]
 Name = Annotated[str, StringConstraints(max_length=200)]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[^/]{1,200}$")]  # a Firestore doc id
 
 
 class InviteIn(Schema):
@@ -42,6 +43,7 @@ class InviteIn(Schema):
 class AnswerIn(Schema):
     call_id: CallId
     action: Literal["accept", "decline"]
+    device_id: DeviceId | None = None  # users/{uid}/devices/{id} that answered
 
 
 class CallIn(Schema):
@@ -85,7 +87,7 @@ def invite(request: HttpRequest, payload: InviteIn,
              summary="Accept or decline (the receiver)")
 def answer(request: HttpRequest, payload: AnswerIn):
     call = services.call_transition(principal=request.principal, call_id=payload.call_id,
-                                    action=payload.action)
+                                    action=payload.action, device_id=payload.device_id)
     return {"success": True, "callId": call["callId"], "channelName": call["channelName"],
             "status": call["status"]}
 

@@ -14,6 +14,7 @@ from api.health import router as health_router
 from api.library import admin_router, calls_router, recordings_router, users_router
 from api.recordings import router as recording_router
 from api.tokens import router as token_router
+from api.webhooks import router as webhooks_router
 from core.errors import AppError, MalformedJson, NotFound, Unauthenticated
 
 api = NinjaAPI(
@@ -31,6 +32,7 @@ api.add_router("/recordings", recordings_router)
 api.add_router("/calls", calls_router)
 api.add_router("/users", users_router)
 api.add_router("/admin", admin_router)
+api.add_router("/webhooks", webhooks_router)
 
 
 # Names our views give their schema parameters: an error about the whole schema (a model

@@ -53,12 +53,13 @@ class TokenOut(Schema):
 
 @router.post("", **answers(TokenOut, 400, 401, 403, 503), summary="Issue an Agora RTC token")
 def token_issue(request: HttpRequest, payload: TokenIn):
-    call_token_check(principal=request.principal, channel=payload.channel)
+    user = payload.uid if payload.uid is not None else payload.user_account
+    call_token_check(principal=request.principal, channel=payload.channel, agora_user=user)
     built = agora.rtc_token_build(
         app_id=settings.AGORA_APP_ID,
         app_certificate=settings.AGORA_APP_CERT,
         channel=payload.channel,
-        user=payload.uid if payload.uid is not None else payload.user_account,
+        user=user,
         role=payload.role,
         expire_seconds=payload.expire,
         version=payload.version or settings.AGORA_TOKEN_VERSION,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import structlog
 from django.conf import settings
 
-from calls import states, store
+from calls import presence, states, store
 from calls.access import access_call
 from calls.events import call_final
 from calls.states import Invalid, Status, actor_of
@@ -30,6 +30,8 @@ from core.errors import (
     Forbidden,
     InvalidTransition,
     NotInCall,
+    UidReserved,
+    UidTaken,
     ValidationFailed,
     WrongParty,
 )
@@ -54,16 +56,31 @@ def ring_timeout_seconds() -> int:
     return settings.CALL_RING_TIMEOUT_SECONDS
 
 
-def call_announce(*, call: dict, event: str) -> dict:
-    """Tell the phones what happened to `call`: the one place where a call event becomes
-    a push. Returns the push outcome fields (`pushSent`, `pushPlatform`, `pushError`).
+def limits(*, ring_timeout: int | None = None) -> presence.Limits:
+    """The ring timeout and the presence rules' limits, from the settings."""
+    return presence.Limits(
+        ring_timeout=ring_timeout or settings.CALL_RING_TIMEOUT_SECONDS,
+        leave_grace=settings.CALL_LEAVE_GRACE_SECONDS,
+        caller_gone=settings.CALL_CALLER_GONE_SECONDS,
+        join_grace=settings.CALL_JOIN_GRACE_SECONDS,
+        max_seconds=settings.CALL_MAX_SECONDS,
+        events_enabled=bool(settings.AGORA_NCS_SECRET))
 
-    Events: incoming_call (ring the receiver), call_cancelled / call_declined /
-    call_missed (stop the receiver's phone ringing), call_ended (tell the other party),
-    call_accepted (nobody: both apps are in the call). A call that reaches a final status
+
+def call_announce(*, call: dict, event: str, device_id: str | None = None,
+                  tell: list[str] | None = None) -> dict:
+    """Tell the phones what happened to `call`: the one place where a call event becomes
+    a push. Returns the push outcome fields (`pushSent`, `pushPlatform`, `pushError`,
+    `pushDevices`).
+
+    Events: incoming_call (ring every device of the receiver), call_cancelled /
+    call_missed (stop all of them ringing), call_accepted / call_declined (stop the
+    receiver's other devices: `device_id` is the one that answered; None: all of them),
+    call_ended (tell the other party). A call that reaches a final status
     sends `call_final` (its recordings stop) and forgets its token grants in this process.
     Only the transaction that made the change announces it, so a retried or raced
-    transition never pushes twice.
+    transition never pushes twice. `tell` names who hears of a call that ended by itself
+    (a presence rule) instead of "the other party".
     """
     log.info("call_event", call_id=call["callId"], call_event=event, status=call["status"])
     ttl = ring_timeout_seconds()
@@ -73,7 +90,15 @@ def call_announce(*, call: dict, event: str) -> dict:
     if call["status"] in states.FINAL:
         _token_members_forget(call)
         call_final.send(sender="calls", call=call)
-    outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl)
+    if tell is not None:
+        for uid in tell:
+            # The push goes to the party that did not end the call: name the other one.
+            other = call["receiverId"] if uid == call["callerId"] else call["callerId"]
+            push_services.call_push(call={**call, "endedBy": other}, event=event,
+                                    ttl_seconds=ttl)
+        return {}
+    outcome = push_services.call_push(call=call, event=event, ttl_seconds=ttl,
+                                      device_id=device_id)
     return outcome.call_fields() if outcome else {}
 
 
@@ -108,7 +133,11 @@ def _call_document(*, call_id: str, channel: str, group_id: str, caller_id: str,
         "pushSent": False,
         "pushPlatform": None,
         "pushError": None,
+        "pushDevices": {},
         "recordingId": None,
+        "agoraUids": {},  # Agora uid (or account) -> the user who holds it on this call
+        "presence": {},  # user -> {inChannel, joinedAt, leftAt, leaveReason} (channel events)
+        "talkSeconds": 0,
         "idempotencyKey": idempotency_key,
         "humanSummary": "",
         "humanKeywords": [],
@@ -143,13 +172,12 @@ def call_invite(*, principal: Principal, group_id: str, caller_id: str, receiver
         receiver_name_snapshot=receiver_name_snapshot, idempotency_key=idempotency_key,
         now=now)
     try:
-        result = _contended(store.call_create, document, now=now,
-                            ring_timeout=ring_timeout_seconds())
+        result = contended(store.call_create, document, now=now, limits=limits())
     except store.LineBusy as busy:
         raise Conflict("The caller or the receiver is already in a call.", code="busy",
                        callId=busy.call_id) from None
     for stale in result.timed_out:
-        call_announce(call=stale, event="call_missed")
+        announce_applied(stale)
     call = result.call
     if not result.created:
         if (call["receiverId"], call["groupId"]) != (receiver_id, group_id):
@@ -179,31 +207,39 @@ def _refusal_or_decision(call: dict, *, uid: str, action: str):
 
 
 def call_transition(*, principal: Principal, call_id: str, action: str,
-                    now: datetime | None = None) -> dict:
-    """Apply `action` (accept, decline, cancel, missed, end) for the caller `principal`.
+                    device_id: str | None = None, now: datetime | None = None) -> dict:
+    """Apply `action` (accept, decline, cancel, missed, end) for the caller `principal`;
+    `device_id` is the receiver's device that accepted or declined (its other devices are
+    told).
 
     A repeat of the transition that already happened returns the call unchanged; any
     other impossible move raises 409 invalid_transition with the current status.
     """
     now = now or utc_now()
     try:
-        applied = _contended(
+        applied = contended(
             store.call_apply, call_id,
             lambda call: _refusal_or_decision(call, uid=principal.uid, action=action),
-            now=now, ring_timeout=ring_timeout_seconds(), by=principal.uid)
+            now=now, limits=limits(), by=principal.uid)
     except store.CallNotFound:
         raise CallNotFound(f"No call {call_id}.") from None
-    _announce_applied(applied)
+    announce_applied(applied, device_id=device_id)
     if isinstance(applied.verdict, AppError):
         raise applied.verdict
     return applied.call
 
 
-def _announce_applied(applied: store.Applied) -> None:
+def announce_applied(applied: store.Applied, *, device_id: str | None = None) -> None:
+    call = applied.call
     if applied.moved:
-        call_announce(call=applied.call, event=_EVENTS[Status(applied.call["status"])])
-    elif applied.timed_out:
-        call_announce(call=applied.call, event="call_missed")
+        call_announce(call=call, event=_EVENTS[Status(call["status"])], device_id=device_id)
+    elif applied.system in ("timeout", "caller_left"):  # stop the receiver's ringing
+        call_announce(call=call, event=_EVENTS[Status(call["status"])])
+    elif applied.system:  # the call ended by itself: tell whoever may still be in it
+        there = presence.still_there(call)
+        tell = [there] if applied.system == "peer_lost" and there else [
+            call["callerId"], call["receiverId"]]
+        call_announce(call=call, event="call_ended", tell=tell)
 
 
 def call_status_get(*, principal: Principal, call_id: str, now: datetime | None = None) -> dict:
@@ -211,10 +247,10 @@ def call_status_get(*, principal: Principal, call_id: str, now: datetime | None 
     persisted first."""
     call = access_call(principal, call_id)
     now = now or utc_now()
-    if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
-        applied = _contended(store.call_apply, call_id, None, now=now,
-                             ring_timeout=ring_timeout_seconds(), by=None)
-        _announce_applied(applied)
+    if presence.system_action(call, now=now, limits=limits()):
+        applied = contended(store.call_apply, call_id, None, now=now, limits=limits(),
+                             by=None)
+        announce_applied(applied)
         call = applied.call
     return call
 
@@ -229,11 +265,11 @@ def calls_settle_expired(*, timeout_seconds: int, now: datetime | None = None) -
     def settle(call: dict) -> bool:
         try:
             applied = store.call_apply(call["callId"], None, now=now,
-                                       ring_timeout=timeout_seconds, by=None)
+                                       limits=limits(ring_timeout=timeout_seconds), by=None)
         except store.StoreContention:  # busy right now: the next sweep will see it again
             log.warning("sweep_skipped_contended_call", call_id=call["callId"])
             return False
-        _announce_applied(applied)
+        announce_applied(applied)
         return applied.timed_out
 
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="sweep") as pool:
@@ -242,10 +278,28 @@ def calls_settle_expired(*, timeout_seconds: int, now: datetime | None = None) -
     return updated
 
 
-# (uid, channel) pairs recently found in an active call: a burst of token requests for
-# one call (both apps joining, retries on bad networks) reads Firestore once. A call that
-# ends drops its pairs here at once; other processes forget them within
-# CALL_TOKEN_CACHE_SECONDS.
+def calls_settle_presence(*, now: datetime | None = None, limit: int = 500) -> int:
+    """The sweep's part for calls nobody looks at: ringing and accepted calls a presence
+    rule ends (calls/presence.py), each in its own transaction. Returns how many ended."""
+    now = now or utc_now()
+    current, ended = limits(), 0
+    left_before = now - timedelta(seconds=current.caller_gone)
+    for call in store.calls_presence_due(left_before=left_before, limit=limit):
+        if presence.system_action(call, now=now, limits=current) in (None, "timeout"):
+            continue  # ring timeouts are the calls part's (and counted there)
+        try:
+            applied = store.call_apply(call["callId"], None, now=now, limits=current, by=None)
+        except store.StoreContention:
+            continue
+        announce_applied(applied)
+        ended += applied.system not in (None, "timeout")
+    return ended
+
+
+# (uid, channel) -> Agora uids/accounts recently granted to that user on that channel: a
+# burst of token requests for one call (both apps joining, retries on bad networks) reads
+# Firestore once. A call that ends drops its entries here at once; other processes forget
+# them within CALL_TOKEN_CACHE_SECONDS.
 _token_members = ExpiringCache(max_entries=20000)
 
 
@@ -254,35 +308,48 @@ def _token_members_forget(call: dict) -> None:
         _token_members.delete((uid, call.get("channelName")))
 
 
-def call_token_check(*, principal: Principal, channel: str, now: datetime | None = None) -> None:
+def call_token_check(*, principal: Principal, channel: str, agora_user: int | str,
+                     now: datetime | None = None) -> None:
     """Tokens are for the participants of a ringing or accepted call on `channel`
     (unless TOKEN_CHANNEL_POLICY=authenticated): one point read of `channels/{channel}`.
-    A positive answer is remembered for CALL_TOKEN_CACHE_SECONDS (0: never)."""
+    The first participant to ask for an Agora uid (or account) on a call holds it (one
+    write, on the first token); the recorder's uid is nobody's. A positive answer is
+    remembered for CALL_TOKEN_CACHE_SECONDS (0: never)."""
+    if agora_user == settings.RECORDER_UID:
+        raise UidReserved()
     if settings.TOKEN_CHANNEL_POLICY == "authenticated":
         return
-    key = (principal.uid, channel)
-    if _token_members.get(key):
+    key, held = (principal.uid, channel), str(agora_user)
+    granted = _token_members.get(key) or frozenset()
+    if held in granted:
         return
     now = now or utc_now()
     entry = store.channel_read(channel)
-    # Calls created before channel entries existed are found by a query.
+    # Calls created before channel entries existed are found by a query (and not bound).
     candidates = [entry] if entry else store.calls_on_channel(channel)
     for call in candidates:
         if actor_of(call, principal.uid) is None or call["status"] not in states.ACTIVE:
             continue
-        if store.ring_expired(call, now=now, ring_timeout=ring_timeout_seconds()):
-            _announce_applied(_contended(store.call_apply, call["callId"], None, now=now,
-                                         ring_timeout=ring_timeout_seconds(), by=None))
-            continue
+        if presence.system_action(call, now=now, limits=limits()):
+            applied = contended(store.call_apply, call["callId"], None, now=now,
+                                 limits=limits(), by=None)
+            announce_applied(applied)
+            if applied.call["status"] not in states.ACTIVE:
+                continue
+        if entry is not None:
+            holder = (entry.get("agoraUids") or {}).get(held) or contended(
+                store.channel_uid_bind, channel, call["callId"], held, principal.uid)
+            if holder != principal.uid:
+                raise UidTaken()
         if settings.CALL_TOKEN_CACHE_SECONDS > 0:
-            _token_members.put(key, True,
+            _token_members.put(key, granted | {held},
                                expires_at=time.time() + settings.CALL_TOKEN_CACHE_SECONDS)
         return
     raise NotInCall("Tokens are issued only to the participants of an active call on this "
                     "channel.")
 
 
-def _contended(fn, *args, **kwargs):
+def contended(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except store.StoreContention:

@@ -22,7 +22,7 @@ class Status(str, Enum):
 class Actor(str, Enum):
     CALLER = "caller"
     RECEIVER = "receiver"
-    SYSTEM = "system"  # the ring timeout, applied by whoever looks first or by the sweep
+    SYSTEM = "system"  # ring timeouts and presence rules, applied by whoever looks first
 
 
 def actor_of(call: dict, uid: str) -> Actor | None:
@@ -50,6 +50,11 @@ TABLE: dict[tuple[Status, str, Actor], tuple[Status, str | None]] = {
     (P, "end",     CALLER):   (Status.CANCELLED, "cancelled"),  # hanging up while it rings
     (P, "end",     RECEIVER): (Status.DECLINED,  "declined"),
     (P, "timeout", SYSTEM):   (Status.MISSED,    "timeout"),
+    (P, "caller_left",  SYSTEM): (Status.CANCELLED, "caller_left"),  # calls/presence.py
+    (A, "max_duration", SYSTEM): (Status.ENDED,     "max_duration"),
+    (A, "never_joined", SYSTEM): (Status.ENDED,     "never_joined"),
+    (A, "left_channel", SYSTEM): (Status.ENDED,     "left_channel"),
+    (A, "peer_lost",    SYSTEM): (Status.ENDED,     "peer_lost"),
     (A, "end",     CALLER):   (Status.ENDED,     "hangup"),
     (A, "end",     RECEIVER): (Status.ENDED,     "hangup"),
 }
@@ -62,6 +67,11 @@ ALLOWED_ACTORS: dict[str, frozenset[Actor]] = {
     "missed": frozenset({CALLER, RECEIVER}),
     "end": frozenset({CALLER, RECEIVER}),
     "timeout": frozenset({SYSTEM}),
+    "caller_left": frozenset({SYSTEM}),
+    "max_duration": frozenset({SYSTEM}),
+    "never_joined": frozenset({SYSTEM}),
+    "left_channel": frozenset({SYSTEM}),
+    "peer_lost": frozenset({SYSTEM}),
 }
 
 

@@ -18,13 +18,16 @@ from datetime import datetime, timedelta
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
-from calls.states import ACTIVE, FINAL, Move, Status
+from calls import presence
+from calls.states import ACTIVE, FINAL, Actor, Move, Status, decide
 from integrations.firebase import firestore_client
 
 CALLS = "calls"
 LINES = "lines"
 CHANNELS = "channels"
+NOTICES = "agoraNotices"
 _MAX_ATTEMPTS = 25  # transactions retried on contention (racing accept/cancel)
 
 
@@ -51,8 +54,9 @@ def _channels():
 
 
 def _channel_entry(call: dict) -> dict:
-    return {key: call[key] for key in ("callId", "callerId", "receiverId", "status",
-                                       "createdAt")}
+    entry = {key: call[key] for key in ("callId", "callerId", "receiverId", "status",
+                                        "createdAt")}
+    return {**entry, "agoraUids": call.get("agoraUids") or {}}
 
 
 def ring_expired(call: dict, *, now: datetime, ring_timeout: int) -> bool:
@@ -69,10 +73,10 @@ def _changes_for(call: dict, move: Move, *, now: datetime, by: str | None) -> di
         changes.update(endedAt=now, endReason=move.end_reason, endedBy=by)
         answered = call.get("answeredAt")
         changes["durationSec"] = max(0, int((now - answered).total_seconds())) if answered else 0
+        if call.get("togetherSince") is not None:
+            changes.update(talkSeconds=presence.talk_seconds(call, until=now),
+                           togetherSince=None)
     return changes
-
-
-_TIMEOUT = Move(Status.MISSED, "timeout")
 
 
 def _run(transactional_fn, *args):
@@ -95,14 +99,14 @@ def call_read(call_id: str) -> dict | None:
 class Created:
     call: dict
     created: bool  # False: the call id existed (an idempotent retry)
-    timed_out: list[dict] = field(default_factory=list)  # stale calls closed on the way
+    timed_out: list = field(default_factory=list)  # Applied: stale calls closed on the way
 
 
 _CLAIM_GRACE = timedelta(seconds=30)  # a line claimed for a call still being created
 _CLAIM_ATTEMPTS = 8
 
 
-def call_create(call: dict, *, now: datetime, ring_timeout: int) -> Created:
+def call_create(call: dict, *, now: datetime, limits: presence.Limits) -> Created:
     """Claim the caller's and the receiver's lines, then create `call`.
 
     Raises LineBusy with the other call's id when either line holds an active call; an
@@ -117,7 +121,7 @@ def call_create(call: dict, *, now: datetime, ring_timeout: int) -> Created:
     claimed, timed_out = [], []
     try:
         for uid in (call["callerId"], call["receiverId"]):
-            timed_out += _line_claim(uid, call["callId"], now=now, ring_timeout=ring_timeout)
+            timed_out += _line_claim(uid, call["callId"], now=now, limits=limits)
             claimed.append(uid)
     except (LineBusy, StoreContention):
         for uid in claimed:
@@ -137,7 +141,8 @@ def _lines():
     return firestore_client().collection(LINES)
 
 
-def _line_claim(uid: str, call_id: str, *, now: datetime, ring_timeout: int) -> list[dict]:
+def _line_claim(uid: str, call_id: str, *, now: datetime,
+                limits: presence.Limits) -> list[dict]:
     """Point `lines/{uid}` at `call_id` unless it holds an active call (LineBusy)."""
     line_ref = _lines().document(uid)
     for _ in range(_CLAIM_ATTEMPTS):
@@ -158,13 +163,13 @@ def _line_claim(uid: str, call_id: str, *, now: datetime, ring_timeout: int) -> 
             if line.get("claimedAt") + _CLAIM_GRACE > now:
                 raise LineBusy(held)  # that invite is creating its call right now
         elif held_call["status"] in ACTIVE:
-            if not ring_expired(held_call, now=now, ring_timeout=ring_timeout):
+            if presence.system_action(held_call, now=now, limits=limits) is None:
                 raise LineBusy(held)
-            applied = call_apply(held, None, now=now, ring_timeout=ring_timeout, by=None)
+            applied = call_apply(held, None, now=now, limits=limits, by=None)
             if applied.call["status"] in ACTIVE:
                 raise LineBusy(held)
-            if applied.timed_out:
-                timed_out.append(applied.call)
+            if applied.system:
+                timed_out.append(applied)
         try:  # take the line over only if nobody else did since we read it
             line_ref.update({"callId": call_id, "claimedAt": now},
                             option=firestore_client().write_option(
@@ -189,21 +194,33 @@ def _line_release(uid: str, call_id: str) -> None:
 @dataclass
 class Applied:
     call: dict  # the call after this transaction
-    verdict: object  # what decide() returned; None when only the ring timeout was settled
-    timed_out: bool  # the ring timeout was applied (and persisted) on the way
+    verdict: object  # what decide() returned; None when only the system looked
+    system: str | None = None  # the system move applied on the way (calls/presence.py)
+    ignored: str | None = None  # why nothing changed: "stale" (update), "duplicate" (notice)
 
     @property
     def moved(self) -> bool:
         return isinstance(self.verdict, Move)
 
+    @property
+    def timed_out(self) -> bool:
+        return self.system == "timeout"
 
-def call_apply(call_id: str, decide: Callable[[dict], object] | None, *, now: datetime,
-               ring_timeout: int, by: str | None) -> Applied:
-    """In one transaction: read the call, persist an overdue ring timeout, then write
-    `decide(call)` when it is a Move. Any other verdict (a refusal) is returned, not
-    raised, so the timeout is persisted even when the asked-for move is refused.
-    `decide=None` only settles the timeout."""
+
+def call_apply(call_id: str, decide_move: Callable[[dict], object] | None, *, now: datetime,
+               limits: presence.Limits, by: str | None,
+               update: Callable[[dict], dict | None] | None = None,
+               notice: tuple[str, dict] | None = None) -> Applied:
+    """In one transaction: read the call, apply `update(call)` (fields, e.g. presence; None:
+    nothing to do), persist the system move that is due (a ring timeout, a presence rule),
+    then write `decide_move(call)` when it is a Move. Any other verdict (a refusal) is
+    returned, not raised, so a system move is persisted even when the asked-for move is
+    refused. `decide_move=None` only settles what the system has to. `notice` (id, fields)
+    is an Agora notification recorded in `agoraNotices` in the same transaction: one seen
+    before changes nothing."""
     ref = _calls().document(call_id)
+    notice_ref = (firestore_client().collection(NOTICES).document(notice[0])
+                  if notice else None)
 
     @firestore.transactional
     def apply(transaction):
@@ -212,11 +229,23 @@ def call_apply(call_id: str, decide: Callable[[dict], object] | None, *, now: da
             raise CallNotFound(call_id)
         call = snap.to_dict()
         changes = {}
-        timed_out = ring_expired(call, now=now, ring_timeout=ring_timeout)
-        if timed_out:
-            changes = _changes_for(call, _TIMEOUT, now=now, by=None)
-            call = {**call, **changes}
-        verdict = decide(call) if decide else None
+        if notice_ref is not None and notice_ref.get(transaction=transaction).exists:
+            return Applied(call, None, ignored="duplicate")
+        if update is not None:
+            more = update(call)
+            if more is None:
+                return Applied(call, None, ignored="stale")
+            changes.update(more)
+            call = {**call, **more}
+        if notice_ref is not None:
+            transaction.create(notice_ref, notice[1])
+        system = presence.system_action(call, now=now, limits=limits)
+        if system:
+            move = decide(Status(call["status"]), system, Actor.SYSTEM)
+            more = _changes_for(call, move, now=now, by=None if system == "timeout" else "system")
+            changes.update(more)
+            call = {**call, **more}
+        verdict = decide_move(call) if decide_move else None
         if isinstance(verdict, Move):
             more = _changes_for(call, verdict, now=now, by=by)
             changes.update(more)
@@ -226,7 +255,7 @@ def call_apply(call_id: str, decide: Callable[[dict], object] | None, *, now: da
             if "status" in changes and call.get("channelName"):
                 transaction.set(_channels().document(call["channelName"]),
                                 _channel_entry(call))
-        return Applied(call, verdict, timed_out)
+        return Applied(call, verdict, system)
 
     return _run(apply)
 
@@ -245,6 +274,37 @@ def calls_ringing_since(cutoff: datetime, *, page_size: int = 300) -> Iterator[d
         if len(page) < page_size:
             return
         last = page[-1]
+
+
+def channel_uid_bind(channel: str, call_id: str, agora_user: str, uid: str) -> str:
+    """Bind `agora_user` (a uid or account) on `channel` to `uid` unless someone holds it
+    already, in one transaction over the channel entry and the call; returns the holder."""
+    entry_ref, call_ref = _channels().document(channel), _calls().document(call_id)
+    path = FieldPath("agoraUids", agora_user).to_api_repr()
+
+    @firestore.transactional
+    def bind(transaction):
+        entry = entry_ref.get(transaction=transaction)
+        holder = ((entry.to_dict() or {}).get("agoraUids") or {}).get(agora_user)
+        if holder:
+            return holder
+        transaction.update(entry_ref, {path: uid})
+        transaction.update(call_ref, {path: uid})
+        return uid
+
+    return _run(bind)
+
+
+def calls_presence_due(*, left_before: datetime, limit: int) -> Iterator[dict]:
+    """Calls a presence rule may end: every accepted call (those in progress are few), and
+    ringing calls whose caller left the channel before `left_before` (status +
+    callerLeftAt index)."""
+    accepted = _calls().where(filter=firestore.FieldFilter("status", "==", Status.ACCEPTED.value))
+    ringing = (_calls().where(filter=firestore.FieldFilter("status", "==", Status.PENDING.value))
+               .where(filter=firestore.FieldFilter("callerLeftAt", "<", left_before)))
+    for query in (accepted, ringing):
+        for snap in query.limit(limit).stream():
+            yield snap.to_dict()
 
 
 def channel_read(channel: str) -> dict | None:

@@ -77,8 +77,15 @@ TOKEN_CHANNEL_POLICY = env.str("TOKEN_CHANNEL_POLICY", default="call")
 # another Firestore query (0 disables). After a call ends, its former participants can
 # still get a token for its channel for at most this long.
 CALL_TOKEN_CACHE_SECONDS = env.int("CALL_TOKEN_CACHE_SECONDS", default=10)
+# Calls that end themselves (calls/presence.py), from Agora's channel events.
+AGORA_NCS_SECRET = env.str("AGORA_NCS_SECRET", default="")  # the Notifications secret
+AGORA_NOTICE_TTL_DAYS = env.int("AGORA_NOTICE_TTL_DAYS", default=7)  # seen noticeIds kept
+CALL_LEAVE_GRACE_SECONDS = env.int("CALL_LEAVE_GRACE_SECONDS", default=60)
+CALL_CALLER_GONE_SECONDS = env.int("CALL_CALLER_GONE_SECONDS", default=10)
+CALL_JOIN_GRACE_SECONDS = env.int("CALL_JOIN_GRACE_SECONDS", default=120)
+CALL_MAX_SECONDS = env.int("CALL_MAX_SECONDS", default=14400)
 
-# Push: iOS VoIP over APNs, Android over FCM HTTP v1 (names as in the seed)
+# Push: iOS over APNs (VoIP for incoming calls only), Android over FCM HTTP v1 (names as in the seed)
 APNS_TEAM_ID = env.str("APNS_TEAM_ID", default="")
 APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
 APNS_BUNDLE_ID = env.str("APNS_BUNDLE_ID", default="")
@@ -93,6 +100,8 @@ FCM_SERVICE_ACCOUNT_JSON = env.str("FCM_SERVICE_ACCOUNT_JSON", default="")
 FCM_BASE_URL = env.str("FCM_BASE_URL", default="")  # empty: Google's
 # A push never holds an invite longer than about this (plus one quick retry on 429/5xx).
 PUSH_TIMEOUT_SECONDS = env.float("PUSH_TIMEOUT_SECONDS", default=3.0)
+# Devices (users/{uid}/devices) told about a call, the most recently updated first.
+PUSH_MAX_DEVICES = env.int("PUSH_MAX_DEVICES", default=10)
 
 # Storage (recordings)
 STORAGE_UPLOAD_TIMEOUT_SECONDS = env.float("STORAGE_UPLOAD_TIMEOUT_SECONDS", default=300)

@@ -68,6 +68,16 @@ class WrongParty(Forbidden):
     code = "wrong_party"
 
 
+class UidReserved(Forbidden):
+    code = "uid_reserved"
+    message = "This Agora uid is reserved for the recorder."
+
+
+class InvalidSignature(Unauthenticated):
+    code = "invalid_signature"
+    message = "The request's signature is missing or does not match its body."
+
+
 class AdminRequired(Forbidden):
     code = "admin_required"
     message = "This endpoint needs the ops key or an admin account."
@@ -100,6 +110,11 @@ class Conflict(AppError):
 
 class InvalidTransition(Conflict):
     code = "invalid_transition"
+
+
+class UidTaken(Conflict):
+    code = "uid_taken"
+    message = "Another participant of this call holds this Agora uid."
 
 
 class RecordingNotReady(Conflict):

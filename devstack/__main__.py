@@ -37,6 +37,10 @@ DEV_DEFAULTS = {
     "RECORDER_PORT": "3100",
     "RECORDER_SECRET": "local-recorder-secret",
     "RECORDINGS_DIR": str(ROOT / "var" / "recordings"),
+    "ANALYZER_PORT": "3200",
+    # Signs the API -> analyzer jobs and the analyzer -> API webhooks (Standard Webhooks).
+    "ANALYSIS_WEBHOOK_SECRET": "whsec_bG9jYWwtZGV2ZWxvcG1lbnQtb25seS1ub3Qtc2VjcmV0",
+    "ANALYSIS_AUTO": "1",
 }
 
 
@@ -105,17 +109,25 @@ def main() -> int:
         storage_port=int(os.environ["STORAGE_PORT"]),
         rules=ROOT / "firestore.rules",
     )
-    gunicorn = recorder = None
+    gunicorn = recorder = analyzer = None
     try:
         _say("starting the Firestore emulator and fake-gcs-server ...")
         emulators.start()
         env = {**os.environ, **emulators.env(),
-               "RECORDER_SERVICE_URL": f"http://127.0.0.1:{os.environ['RECORDER_PORT']}"}
+               "RECORDER_SERVICE_URL": f"http://127.0.0.1:{os.environ['RECORDER_PORT']}",
+               "ANALYSIS_SERVER_URL": f"http://127.0.0.1:{os.environ['ANALYZER_PORT']}",
+               "ANALYSIS_CALLBACK_BASE_URL": "http://" + os.environ["GUNICORN_BIND"]}
+        _say("starting the analyzer (ffmpeg metrics, Vosk transcripts) ...")
+        analyzer = spawn([sys.executable, "-m", "analyzer"],
+                         env={**env, "ANALYZER_HOST": "127.0.0.1"},
+                         log_path=log_dir / "analyzer.log")
         _say("starting the recorder (headless Chromium) ...")
         recorder = spawn([sys.executable, "-m", "recorder"], env={**env, "RECORDER_HOST": "127.0.0.1"},
                          log_path=log_dir / "recorder.log")
         wait_until(lambda: _http_ok(f"{env['RECORDER_SERVICE_URL']}/health"), timeout=60,
                    what="the recorder", proc=recorder, log_path=log_dir / "recorder.log")
+        wait_until(lambda: _http_ok(f"{env['ANALYSIS_SERVER_URL']}/health"), timeout=120,
+                   what="the analyzer", proc=analyzer, log_path=log_dir / "analyzer.log")
         gunicorn = spawn([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
                           "config.wsgi:application"], log_path=None, env=env)
         base = "http://" + env["GUNICORN_BIND"]
@@ -124,12 +136,13 @@ def main() -> int:
         _say(f"Firestore emulator  {emulators.firestore_host}")
         _say(f"Storage emulator    {emulators.storage_url} (bucket {emulators.bucket})")
         _say(f"Recorder            {env['RECORDER_SERVICE_URL']} (recordings in {env['RECORDINGS_DIR']})")
+        _say(f"Analyzer            {env['ANALYSIS_SERVER_URL']}")
         _say(f"API                 {base}/api/  (docs {base}/api/docs)")
         _say(f"logs                {log_dir}/api.log and *-emulator.log (requests are also printed here)")
         if demo:
             return run_demo(base)
         _say("ready; Ctrl-C stops everything")
-        watched = ((gunicorn, "gunicorn"), (recorder, "the recorder"),
+        watched = ((gunicorn, "gunicorn"), (recorder, "the recorder"), (analyzer, "the analyzer"),
                    *((p, "an emulator") for p in emulators.procs))
         while not stopping:
             for proc, name in watched:
@@ -145,6 +158,7 @@ def main() -> int:
     finally:
         stop(gunicorn)
         stop(recorder, grace=30)
+        stop(analyzer, grace=30)
         emulators.stop()
         _say("stopped")
 

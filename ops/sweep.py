@@ -2,6 +2,8 @@
 keeps calls and recordings honest, each run on its own and reported on its own.
 
 - calls: pending calls past the ring timeout become missed (and the receivers are told);
+- callsEnded: calls a presence rule ends (both left, one lost, caller gone, never joined,
+  too long; calls/presence.py);
 - recordingsOfEndedCalls: recorder sessions still recording a call that is final stop;
 - recorderRetries: the recorder retries recordings whose upload failed;
 - uploads: interrupted uploads fail, failed ones are retried, abandoned files removed.
@@ -16,7 +18,7 @@ from datetime import datetime
 
 import structlog
 
-from calls.services import calls_settle_expired
+from calls.services import calls_settle_expired, calls_settle_presence
 from core.clock import utc_now
 from core.errors import AppError
 from library.retries import uploads_retry_due
@@ -55,6 +57,7 @@ def sweep_run(*, timeout_seconds: int, now: datetime | None = None) -> SweepRepo
     report.updated_count = int(calls.get("updated") or 0)
     report.parts = {
         "calls": calls,
+        "callsEnded": _run("callsEnded", lambda: {"ended": calls_settle_presence(now=now)}),
         "recordingsOfEndedCalls": _run("recordingsOfEndedCalls", recordings_stop_of_final_calls),
         "recorderRetries": _run("recorderRetries", recordings_retry_failed),
         "uploads": _run("uploads", lambda: uploads_retry_due(now=now)),

@@ -1,4 +1,4 @@
-"""iOS VoIP pushes over APNs' HTTP/2 provider API.
+"""iOS pushes (VoIP, alert, background) over APNs' HTTP/2 provider API.
 
 One HTTP/2 connection per process, re-created after a fork. It is driven by an
 `httpx.AsyncClient` on one event-loop thread that the request threads hand their pushes to:
@@ -41,10 +41,15 @@ class ApnsResult:
     reason: str | None  # Apple's reason, or our own ("timeout", "connection_error")
     dead: bool = False  # the device token will never work again: remove it
     apns_id: str | None = None
+    dead_since_ms: int | None = None  # 410: Apple's `timestamp`, when the token died
+
+
+# push type -> (topic suffix, priority). Apple refuses priority 10 for background pushes.
+PUSH_TYPES = {"voip": (".voip", "10"), "alert": ("", "10"), "background": ("", "5")}
 
 
 class ApnsClient:
-    """Sends VoIP pushes for one app (`bundle_id`); safe to share between threads."""
+    """Sends pushes for one app (`bundle_id`); safe to share between threads."""
 
     def __init__(self, *, team_id: str, key_id: str, bundle_id: str, private_key_pem: str,
                  base_url: str, ca_file: str | None = None, timeout: float = 3.0,
@@ -77,9 +82,13 @@ class ApnsClient:
         # Only called on the loop thread, so no lock is needed.
         if self._client is None:
             verify = ssl.create_default_context(cafile=self._ca_file)  # None: system CAs
+            # keepalive_expiry=None: httpx would drop the connection after 5 idle seconds
+            # and the next ring would wait for a new TLS handshake; Apple asks providers
+            # to keep it open (and says GOAWAY when it closes it).
             self._client = httpx.AsyncClient(
                 http2=True, verify=verify, timeout=self._timeout,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
+                                    keepalive_expiry=None))
         return self._client
 
     def _provider_token(self, *, renew: bool = False) -> str:
@@ -94,11 +103,27 @@ class ApnsClient:
             return self._jwt
 
     def send_voip(self, *, device_token: str, payload: dict, expiration: int) -> ApnsResult:
-        """Send one VoIP push; never raises for a provider or network failure."""
-        apns_id = str(uuid.uuid4())
+        """Send one VoIP push (topic `<bundle>.voip`); never raises."""
+        return self.send(device_token=device_token, payload=payload, push_type="voip",
+                         expiration=expiration)
+
+    def send(self, *, device_token: str, payload: dict, push_type: str, expiration: int,
+             collapse_id: str | None = None) -> ApnsResult:
+        """Send one push of `push_type` (voip, alert, background) with Apple's topic and
+        priority for it; never raises for a provider or network failure."""
+        suffix, priority = PUSH_TYPES[push_type]
+        headers = {
+            "apns-push-type": push_type,
+            "apns-topic": f"{self.bundle_id}{suffix}",
+            "apns-priority": priority,
+            "apns-expiration": str(expiration),
+            "apns-id": str(uuid.uuid4()),
+        }
+        if collapse_id:
+            headers["apns-collapse-id"] = collapse_id
         renewed = retried = False
         while True:
-            result = self._post(device_token, payload, expiration, apns_id, renew=False)
+            result = self._post(device_token, payload, headers, renew=False)
             if result.reason == "ExpiredProviderToken" and not renewed:
                 renewed = True
                 self._provider_token(renew=True)
@@ -110,15 +135,9 @@ class ApnsClient:
                 continue
             return result
 
-    def _post(self, device_token, payload, expiration, apns_id, *, renew: bool) -> ApnsResult:
-        headers = {
-            "authorization": f"bearer {self._provider_token(renew=renew)}",
-            "apns-push-type": "voip",
-            "apns-topic": f"{self.bundle_id}.voip",
-            "apns-priority": "10",
-            "apns-expiration": str(expiration),
-            "apns-id": apns_id,
-        }
+    def _post(self, device_token, payload, apple_headers, *, renew: bool) -> ApnsResult:
+        headers = {"authorization": f"bearer {self._provider_token(renew=renew)}",
+                   **apple_headers}
         url = f"{self.base_url}/3/device/{device_token}"
 
         async def post():
@@ -136,11 +155,14 @@ class ApnsClient:
             return ApnsResult(ok=True, status=200, reason=None,
                               apns_id=response.headers.get("apns-id"))
         try:
-            reason = response.json().get("reason")
+            body = response.json()
         except ValueError:
-            reason = None
-        reason = reason or f"http_{response.status_code}"
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        reason = body.get("reason") or f"http_{response.status_code}"
         dead = response.status_code == 410 or (response.status_code == 400
                                                and reason in _DEAD_REASONS)
+        timestamp = body.get("timestamp")
         return ApnsResult(ok=False, status=response.status_code, reason=reason, dead=dead,
-                          apns_id=response.headers.get("apns-id"))
+                          apns_id=response.headers.get("apns-id"),
+                          dead_since_ms=timestamp if isinstance(timestamp, int) else None)

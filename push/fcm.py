@@ -46,11 +46,12 @@ class FcmClient:
     """Sends data messages for one Firebase project; safe to share between threads."""
 
     def __init__(self, *, project_id: str, service_account_info: dict, base_url: str,
-                 timeout: float = 3.0):
+                 timeout: float = 3.0, sleep=time.sleep):
         self.project_id = project_id
         self._info = service_account_info
         self.url = f"{base_url.rstrip('/')}/v1/projects/{project_id}/messages:send"
         self._timeout = timeout
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._session: AuthorizedSession | None = None
         self._pid = 0
@@ -64,13 +65,15 @@ class FcmClient:
                 self._pid = os.getpid()
             return self._session
 
-    def send_data(self, *, token: str, data: dict[str, str], ttl_seconds: int) -> FcmResult:
-        """Send one high-priority data message; never raises for a provider failure."""
+    def send_data(self, *, token: str, data: dict[str, str], ttl_seconds: int,
+                  priority: str = "HIGH") -> FcmResult:
+        """Send one data message (Android priority HIGH or NORMAL); never raises for a
+        provider failure."""
         message = {"message": {"token": token, "data": data,
-                               "android": {"priority": "HIGH", "ttl": f"{ttl_seconds}s"}}}
+                               "android": {"priority": priority, "ttl": f"{ttl_seconds}s"}}}
         result, wait = self._post(message)
         if result.error in _RETRY_CODES:
-            time.sleep(min(wait, _MAX_RETRY_WAIT_SECONDS))
+            self._sleep(min(max(wait, 0.0), _MAX_RETRY_WAIT_SECONDS))
             result, _ = self._post(message)
         if result.error == "INVALID_ARGUMENT":
             log.warning("fcm_invalid_argument", status=result.status)

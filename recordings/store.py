@@ -117,17 +117,22 @@ class BadPageToken(Exception):
     pass
 
 
-def recordings_page(filters: list[Filter], *, limit: int, page_token: str | None) -> Page:
-    """One page, newest first; `next_token` (a recording id) continues after it."""
-    query = (_filtered(filters).order_by("recordedAt", direction=firestore.Query.DESCENDING)
+def _newest_page(filters: list[Filter], *, order: str, limit: int,
+                 after: str | None) -> Page:
+    query = (_filtered(filters).order_by(order, direction=firestore.Query.DESCENDING)
              .limit(limit))
-    if page_token:
-        last = _recordings().document(page_token).get()
+    if after:
+        last = _recordings().document(after).get()
         if not last.exists:
-            raise BadPageToken(page_token)
+            raise BadPageToken(after)
         query = query.start_after(last)
     items = [_as_dict(snap) for snap in query.stream()]
     return Page(items, items[-1]["recordingId"] if len(items) == limit else None)
+
+
+def recordings_page(filters: list[Filter], *, limit: int, page_token: str | None) -> Page:
+    """One page, newest `recordedAt` first; `next_token` (a recording id) continues."""
+    return _newest_page(filters, order="recordedAt", limit=limit, after=page_token)
 
 
 def recordings_count(filters: list[Filter]) -> int:
@@ -151,14 +156,5 @@ def recordings_oldest(filters: list[Filter], *, limit: int) -> list[dict]:
 def recordings_of(uid: str | None, *, limit: int, cursor: str | None) -> Page:
     """Recordings of `uid`'s calls (None: every recording), newest `createdAt` first;
     `cursor` (a recording id) continues after it."""
-    query = _recordings()
-    if uid is not None:
-        query = query.where(filter=firestore.FieldFilter("participants", "array_contains", uid))
-    query = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
-    if cursor:
-        last = _recordings().document(cursor).get()
-        if not last.exists:
-            raise BadPageToken(cursor)
-        query = query.start_after(last)
-    items = [_as_dict(snap) for snap in query.stream()]
-    return Page(items, items[-1]["recordingId"] if len(items) == limit else None)
+    filters: list[Filter] = [("participants", "array_contains", uid)] if uid else []
+    return _newest_page(filters, order="createdAt", limit=limit, after=cursor)

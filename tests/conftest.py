@@ -71,7 +71,7 @@ def apns():
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
     fake = FakeAPNs(team_id=APNS_TEAM, key_id=APNS_KEY_ID, bundle_id=APNS_BUNDLE,
-                    public_key_pem=key.public_key().public_bytes(
+                    voip_types={"incoming_call"}, public_key_pem=key.public_key().public_bytes(
                         serialization.Encoding.PEM,
                         serialization.PublicFormat.SubjectPublicKeyInfo)).start()
     _use_settings(APNS_TEAM_ID=APNS_TEAM, APNS_KEY_ID=APNS_KEY_ID, APNS_BUNDLE_ID=APNS_BUNDLE,
@@ -93,7 +93,9 @@ def fcm():
 
 @pytest.fixture(autouse=True)
 def fresh_state(emulators, securetoken, apns, fcm):
-    """Every test starts with empty Firestore and Storage, quiet fakes and no caches."""
+    """Every test starts with empty Firestore and Storage, quiet fakes and no caches, and
+    fails if it made the server send a push Apple or iOS would punish (a VoIP push that is
+    not an incoming call, a background push at priority 10, ...)."""
     emulators.wipe()
     verified_tokens.clear()
     _token_members.clear()
@@ -103,6 +105,7 @@ def fresh_state(emulators, securetoken, apns, fcm):
     push_services.apns_client.cache_clear()
     push_services.fcm_client.cache_clear()
     yield
+    assert not apns.violations, "pushes Apple/iOS would punish:\n" + "\n".join(apns.violations)
 
 
 @pytest.fixture

@@ -30,6 +30,12 @@ EXPECTED_ROWS = [
     (P, "timeout", S, Status.MISSED, "timeout"),
     (A, "end", C, Status.ENDED, "hangup"),
     (A, "end", R, Status.ENDED, "hangup"),
+    # calls that end themselves (calls/presence.py)
+    (P, "caller_left", S, Status.CANCELLED, "caller_left"),
+    (A, "max_duration", S, Status.ENDED, "max_duration"),
+    (A, "never_joined", S, Status.ENDED, "never_joined"),
+    (A, "left_channel", S, Status.ENDED, "left_channel"),
+    (A, "peer_lost", S, Status.ENDED, "peer_lost"),
 ]
 
 

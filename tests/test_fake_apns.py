@@ -178,3 +178,45 @@ def test_goaway_makes_the_client_open_a_new_connection(fake, push):
     with contextlib.suppress(httpx.TransportError):    # the client may race the GOAWAY once
         push()
     assert push().status_code == 200 and fake.connections == 2
+
+
+def test_regular_pushes_go_to_the_bundle_topic_and_voip_only_to_the_voip_topic(push):
+    token = provider_token()
+    background = json.dumps({"aps": {"content-available": 1}, "type": "x"}).encode()
+    for push_type, topic, status in [("alert", BUNDLE, 200), ("background", BUNDLE, 200),
+                                     ("alert", f"{BUNDLE}.voip", 400),
+                                     ("background", f"{BUNDLE}.voip", 400),
+                                     ("voip", BUNDLE, 400), ("alert", "com.other.app", 400)]:
+        headers = apple_headers(token, **{"apns-push-type": push_type, "apns-topic": topic,
+                                          "apns-priority": "5"})
+        assert push(headers=headers, body=background).status_code == status, (push_type, topic)
+
+
+def test_pushes_apple_or_ios_would_punish_are_recorded_as_violations(fake, push):
+    fake.voip_types = {"incoming_call"}
+    token = provider_token()
+
+    def send(push_type, priority, body):
+        headers = apple_headers(token, **{"apns-push-type": push_type, "apns-priority": priority,
+                                          "apns-topic": BUNDLE + (".voip" if push_type == "voip"
+                                                                  else "")})
+        assert push(headers=headers, body=json.dumps(body).encode()).status_code == 200
+
+    silent = {"aps": {"content-available": 1}, "type": "call_cancelled"}
+    send("voip", "10", {"type": "incoming_call"})
+    send("background", "5", silent)
+    send("alert", "10", {"aps": {"alert": {"title": "Missed call"}}, "type": "call_missed"})
+    assert fake.violations == []
+    send("voip", "10", {"type": "call_cancelled"})
+    send("background", "10", silent)
+    send("background", "5", {"aps": {}, "type": "call_cancelled"})
+    send("background", "5", {"aps": {"content-available": 1, "sound": "default"}})
+    send("alert", "10", {"aps": {}, "type": "call_missed"})
+    assert [v.split(" (token")[0] for v in fake.violations] == [
+        "VoIP push of type 'call_cancelled': iOS kills an app that does not report a VoIP push "
+        "to CallKit as an incoming call",
+        "background push without apns-priority 5",
+        "background push without aps.content-available 1",
+        "background push with an alert, sound or badge",
+        "alert push without aps.alert"]
+    assert [r.violation is not None for r in fake.requests] == [False] * 3 + [True] * 5

@@ -1,31 +1,92 @@
-"""Ringing the receiver's phone and telling it to stop, through fakes that speak APNs'
-HTTP/2 and FCM v1's wire protocols; dead tokens; providers that fail or are slow."""
+"""Ringing every device of the receiver and telling them to stop, through fakes that speak
+APNs' HTTP/2 and FCM v1's wire protocols; dead tokens per device; providers that fail or are
+slow. Every test also fails if the server sent a push Apple or iOS would punish (a VoIP push
+that is not an incoming call, a background push at priority 10, ...: see conftest)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 
+from core.clock import utc_now
 from integrations.firebase import firestore_client
+from push import devices as push_devices
 from push import services as push_services
-from tests.conftest import APNS_BUNDLE, post_json
+from tests.conftest import APNS_BUNDLE, api_log_lines, post_json
 from tests.test_calls import INVITE, age, invite, stored
 
 VOIP_TOKEN = "ab" * 32
+APNS_TOKEN = "ac" * 32
 FCM_TOKEN = "fcm-registration-token-of-bob"
+IPHONE_VOIP, IPHONE_APNS = "a1" * 32, "a2" * 32
+IPAD_VOIP, IPAD_APNS = "b1" * 32, "b2" * 32
+ANDROID_FCM = "fcm-registration-token-of-bobs-android"
 
 
 def phone(uid: str, **fields) -> None:
-    """What the app writes to users/{uid}."""
+    """What an app of before devices writes to users/{uid} (the legacy device)."""
     firestore_client().collection("users").document(uid).set(fields)
 
 
 def user(uid: str) -> dict:
     return firestore_client().collection("users").document(uid).get().to_dict()
+
+
+def _device_ref(uid: str, device_id: str):
+    return (firestore_client().collection("users").document(uid)
+            .collection("devices").document(device_id))
+
+
+def device(uid: str, device_id: str, *, age_seconds: float = 0, **fields) -> None:
+    """What the app writes to users/{uid}/devices/{deviceId}."""
+    _device_ref(uid, device_id).set(
+        {"updatedAt": utc_now() - timedelta(seconds=age_seconds), **fields})
+
+
+def device_doc(uid: str, device_id: str) -> dict | None:
+    snap = _device_ref(uid, device_id).get()
+    return snap.to_dict() if snap.exists else None
+
+
+def bobs_three_devices() -> None:
+    """An iPhone (updated last), an iPad and an Android phone."""
+    device("bob", "iphone", platform="ios", voipToken=IPHONE_VOIP, apnsToken=IPHONE_APNS,
+           appVersion="2.0.0")
+    device("bob", "ipad", age_seconds=60, platform="ios", voipToken=IPAD_VOIP,
+           apnsToken=IPAD_APNS, apnsEnvironment="production")
+    device("bob", "android", age_seconds=120, platform="android", fcmToken=ANDROID_FCM)
+
+
+def to(apns, token: str) -> list:
+    return [r for r in apns.requests if r.token == token]
+
+
+def fcm_types(fcm, token: str) -> list[tuple[str, str]]:
+    return [(m.message["data"]["type"], m.message["android"]["priority"])
+            for m in fcm.sent_to(token)]
+
+
+def drain(apns) -> None:
+    """Wait until the fake has answered every push it holds back, so a late answer is not
+    recorded in the next test."""
+    deadline = time.monotonic() + 30
+    while apns.waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def assert_background(push, push_type: str, status: str) -> None:
+    """A regular background push on the app's own topic, never VoIP."""
+    assert push.status == 200
+    assert push.headers["apns-push-type"] == "background"
+    assert push.headers["apns-topic"] == APNS_BUNDLE
+    assert push.headers["apns-priority"] == "5"
+    assert push.payload["aps"] == {"content-available": 1}
+    assert push.payload["type"] == push_type and push.payload["status"] == status
 
 
 def seed_payload(call: dict, push_type: str, status: str) -> dict:
@@ -52,6 +113,7 @@ def test_invite_rings_an_iphone_with_a_voip_push(as_user, apns):
     assert push.payload == seed_payload(call, "incoming_call", "pending")
     doc = stored(call["callId"])
     assert (doc["pushSent"], doc["pushPlatform"], doc["pushError"]) == (True, "ios", None)
+    assert doc["pushDevices"] == {"legacy": {"platform": "ios", "sent": True, "error": None}}
 
 
 def test_invite_rings_an_android_phone_with_a_high_priority_data_message(as_user, fcm):
@@ -66,6 +128,54 @@ def test_invite_rings_an_android_phone_with_a_high_priority_data_message(as_user
     assert 50 <= ttl <= settings.CALL_RING_TIMEOUT_SECONDS
 
 
+def test_invite_rings_every_device_of_the_receiver(as_user, apns, fcm):
+    bobs_three_devices()
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == (True, "ios", None)
+    for token in (IPHONE_VOIP, IPAD_VOIP):
+        [ring] = to(apns, token)
+        assert ring.status == 200 and ring.headers["apns-push-type"] == "voip"
+        assert ring.headers["apns-topic"] == f"{APNS_BUNDLE}.voip"
+        assert ring.payload == seed_payload(call, "incoming_call", "pending")
+    assert fcm_types(fcm, ANDROID_FCM) == [("incoming_call", "HIGH")]
+    assert not to(apns, IPHONE_APNS) and not to(apns, IPAD_APNS)
+    assert stored(call["callId"])["pushDevices"] == {
+        "iphone": {"platform": "ios", "sent": True, "error": None},
+        "ipad": {"platform": "ios", "sent": True, "error": None},
+        "android": {"platform": "android", "sent": True, "error": None}}
+    assert apns.connections == 1 and len(apns.jwts) == 1
+
+
+def test_devices_ring_at_once_not_one_after_another(as_user, apns, fcm):
+    """The iPhone (rung first) answers late; the iPad's answer comes back before it."""
+    bobs_three_devices()
+    apns.delay[IPHONE_VOIP] = 1  # answered well within PUSH_TIMEOUT_SECONDS
+    call = invite(as_user)
+    assert call["pushSent"] is True
+    assert [r.token for r in apns.requests] == [IPAD_VOIP, IPHONE_VOIP]
+    assert apns.connections == 1
+
+
+def test_at_most_push_max_devices_ring_the_most_recently_updated_first(as_user, fcm,
+                                                                       settings):
+    settings.PUSH_MAX_DEVICES = 3
+    for i in range(5):
+        device("bob", f"tablet{i}", age_seconds=i * 10, platform="android",
+               fcmToken=f"fcm-token-{i}")
+    phone("bob", platform="android", fcmToken="legacy-token")
+    call = invite(as_user)
+    assert set(stored(call["callId"])["pushDevices"]) == {"tablet0", "tablet1", "tablet2"}
+    assert {m.token for m in fcm.messages} == {"fcm-token-0", "fcm-token-1", "fcm-token-2"}
+
+
+def test_legacy_fields_that_repeat_a_devices_token_ring_it_once(as_user, apns):
+    phone("bob", platform="ios", voipToken=IPHONE_VOIP)
+    device("bob", "iphone", platform="ios", voipToken=IPHONE_VOIP, apnsToken=IPHONE_APNS)
+    call = invite(as_user)
+    assert list(stored(call["callId"])["pushDevices"]) == ["iphone"]
+    assert len(to(apns, IPHONE_VOIP)) == 1
+
+
 def test_a_receiver_without_a_device_token_is_not_rung_but_the_call_stands(as_user, apns):
     phone("bob", platform="ios")
     call = invite(as_user)
@@ -73,7 +183,7 @@ def test_a_receiver_without_a_device_token_is_not_rung_but_the_call_stands(as_us
     assert stored(call["callId"])["status"] == "pending" and not apns.requests
 
 
-# --- stop ringing ----------------------------------------------------------------
+# --- stop ringing: regular APNs pushes, never VoIP ---------------------------------
 
 
 def _pushes(apns, push_type: str) -> list:
@@ -83,21 +193,117 @@ def _pushes(apns, push_type: str) -> list:
 @pytest.mark.parametrize("who, path, body, push_type, status", [
     ("alice", "/api/call/cancel", {}, "call_cancelled", "cancelled"),
     ("alice", "/api/call/end", {}, "call_cancelled", "cancelled"),
-    ("alice", "/api/call/missed", {}, "call_missed", "missed"),
-    ("bob", "/api/call/answer", {"action": "decline"}, "call_cancelled", "declined"),
+    ("bob", "/api/call/answer", {"action": "decline"}, "call_declined_elsewhere", "declined"),
+    ("bob", "/api/call/end", {}, "call_declined_elsewhere", "declined"),
 ])
-def test_the_receivers_phone_is_told_to_stop_ringing(as_user, apns, who, path, body,
-                                                      push_type, status):
-    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+def test_the_receivers_iphone_stops_ringing_by_a_background_push(as_user, apns, who, path,
+                                                                  body, push_type, status):
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN, apnsToken=APNS_TOKEN)
     call = invite(as_user)
     assert as_user(who).post(path, {"call_id": call["callId"], **body}).status_code == 200
     [stop] = _pushes(apns, push_type)
-    assert stop.token == VOIP_TOKEN and stop.payload["status"] == status
-    assert stop.payload["callId"] == call["callId"]
+    assert stop.token == APNS_TOKEN and stop.payload["callId"] == call["callId"]
+    assert_background(stop, push_type, status)
+    assert stop.payload == {"aps": {"content-available": 1},
+                            **seed_payload(call, push_type, status)}
+    assert [r.token for r in to(apns, VOIP_TOKEN)] == [VOIP_TOKEN]  # the ring, nothing else
+
+
+def test_accepting_on_the_iphone_tells_the_ipad_and_the_android_phone(as_user, apns, fcm):
+    bobs_three_devices()
+    call = invite(as_user)
+    answer = as_user("bob").post("/api/call/answer", {"call_id": call["callId"],
+                                                      "action": "accept",
+                                                      "device_id": "iphone"})
+    assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+    [elsewhere] = to(apns, IPAD_APNS)
+    assert_background(elsewhere, "call_answered_elsewhere", "accepted")
+    assert fcm_types(fcm, ANDROID_FCM) == [("incoming_call", "HIGH"),
+                                           ("call_answered_elsewhere", "NORMAL")]
+    assert not to(apns, IPHONE_APNS) and len(to(apns, IPHONE_VOIP)) == 1
+
+
+@pytest.mark.parametrize("device_id, told", [("ipad", ["iphone", "android"]),
+                                             (None, ["iphone", "ipad", "android"])])
+def test_declining_tells_the_receivers_other_devices(as_user, apns, fcm, device_id, told):
+    bobs_three_devices()
+    call = invite(as_user)
+    body = {"call_id": call["callId"], "action": "decline"}
+    if device_id:
+        body["device_id"] = device_id
+    assert as_user("bob").post("/api/call/answer", body).status_code == 200
+    reached = {name for name, token in (("iphone", IPHONE_APNS), ("ipad", IPAD_APNS))
+               if to(apns, token)}
+    if ("call_declined_elsewhere", "NORMAL") in fcm_types(fcm, ANDROID_FCM):
+        reached.add("android")
+    assert reached == set(told)
+    for push in _pushes(apns, "call_declined_elsewhere"):
+        assert_background(push, "call_declined_elsewhere", "declined")
+
+
+def test_cancel_stops_all_three_devices_and_none_by_voip(as_user, apns, fcm):
+    bobs_three_devices()
+    call = invite(as_user)
+    assert as_user("alice").post("/api/call/cancel", {"call_id": call["callId"]}).status_code \
+        == 200
+    for token in (IPHONE_APNS, IPAD_APNS):
+        [stop] = to(apns, token)
+        assert_background(stop, "call_cancelled", "cancelled")
+    assert fcm_types(fcm, ANDROID_FCM) == [("incoming_call", "HIGH"),
+                                           ("call_cancelled", "NORMAL")]
+    voip = [r for r in apns.requests if r.headers["apns-push-type"] == "voip"]
+    assert [r.payload["type"] for r in voip] == ["incoming_call", "incoming_call"]
+
+
+def test_a_ring_timeout_shows_a_missed_call_alert_on_ios(as_user, apns, fcm, client):
+    bobs_three_devices()
+    call = invite(as_user)
+    age(call["callId"], settings.CALL_RING_TIMEOUT_SECONDS + 1)
+    ops = {"X-Ops-Key": settings.OPS_API_KEY}
+    assert post_json(client, "/api/call/timeout/sweep", {}, ops).json()["updatedCount"] == 1
+    for token in (IPHONE_APNS, IPAD_APNS):
+        [alert] = to(apns, token)
+        assert alert.status == 200
+        assert alert.headers["apns-push-type"] == "alert"
+        assert alert.headers["apns-topic"] == APNS_BUNDLE
+        assert alert.headers["apns-priority"] == "10"
+        assert alert.headers["apns-collapse-id"] == call["callId"]
+        assert alert.payload == {
+            "aps": {"alert": {"title": "Missed call", "body": "Alice Kim"},
+                    "sound": "default", "thread-id": "alice"},
+            **seed_payload(call, "call_missed", "missed")}
+    assert fcm_types(fcm, ANDROID_FCM)[-1] == ("call_missed", "NORMAL")
+
+
+def test_the_client_reporting_missed_shows_the_alert_too(as_user, apns):
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN, apnsToken=APNS_TOKEN)
+    call = invite(as_user)
+    as_user("alice").post("/api/call/missed", {"call_id": call["callId"]})
+    [alert] = _pushes(apns, "call_missed")
+    assert alert.token == APNS_TOKEN and alert.headers["apns-push-type"] == "alert"
+
+
+def test_a_device_with_only_a_voip_token_gets_nothing_after_the_ring(as_user, apns):
+    device("bob", "old-iphone", platform="ios", voipToken=IPHONE_VOIP)
+    device("bob", "ipad", age_seconds=60, platform="ios", voipToken=IPAD_VOIP,
+           apnsToken=IPAD_APNS)
+    call = invite(as_user)
+    as_user("alice").post("/api/call/cancel", {"call_id": call["callId"]})
+    assert [r.payload["type"] for r in to(apns, IPHONE_VOIP)] == ["incoming_call"]
+    assert [r.payload["type"] for r in to(apns, IPAD_APNS)] == ["call_cancelled"]
+    skipped = [line for line in api_log_lines() if line.get("event") == "push"
+               and line.get("call_id") == call["callId"] and line.get("error") == "no_apns_token"]
+    assert [line["device_id"] for line in skipped] == ["old-iphone"]
+    # what the cancel push reported for each device
+    outcome = push_services.call_push(call=stored(call["callId"]), event="call_cancelled",
+                                      ttl_seconds=60)
+    assert outcome.devices["old-iphone"] == {"platform": "ios", "sent": False,
+                                             "error": "no_apns_token"}
+    assert outcome.devices["ipad"]["sent"] is True and outcome.sent is True
 
 
 def test_a_timeout_found_by_the_sweep_stops_the_ringing_once(as_user, apns, client):
-    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN, apnsToken=APNS_TOKEN)
     call = invite(as_user)
     age(call["callId"], settings.CALL_RING_TIMEOUT_SECONDS + 1)
     ops = {"X-Ops-Key": settings.OPS_API_KEY}
@@ -112,25 +318,25 @@ def test_a_timeout_found_by_a_read_stops_the_ringing(as_user, fcm):
     call = invite(as_user)
     age(call["callId"], settings.CALL_RING_TIMEOUT_SECONDS + 1)
     as_user("alice").get(f"/api/call/status/{call['callId']}")
-    types = [m.message["data"]["type"] for m in fcm.sent_to(FCM_TOKEN)]
-    assert types == ["incoming_call", "call_missed"]
+    assert fcm_types(fcm, FCM_TOKEN) == [("incoming_call", "HIGH"), ("call_missed", "NORMAL")]
 
 
-@pytest.mark.parametrize("ender, told, token_field", [("alice", "bob", "voipToken"),
-                                                      ("bob", "alice", "voipToken")])
-def test_hanging_up_tells_the_other_party(as_user, apns, ender, told, token_field):
-    tokens = {"alice": "cd" * 32, "bob": VOIP_TOKEN}
+@pytest.mark.parametrize("ender, told", [("alice", "bob"), ("bob", "alice")])
+def test_hanging_up_tells_the_other_party_by_a_background_push(as_user, apns, ender, told):
+    tokens = {"alice": "cd" * 32, "bob": APNS_TOKEN}
     for uid, token in tokens.items():
-        phone(uid, platform="ios", voipToken=token)
+        phone(uid, platform="ios", voipToken="ef" * 32 if uid == "alice" else VOIP_TOKEN,
+              apnsToken=token)
     call = invite(as_user)
     as_user("bob").post("/api/call/answer", {"call_id": call["callId"], "action": "accept"})
     as_user(ender).post("/api/call/end", {"call_id": call["callId"]})
     [ended] = _pushes(apns, "call_ended")
-    assert ended.token == tokens[told] and ended.payload["status"] == "ended"
+    assert ended.token == tokens[told]
+    assert_background(ended, "call_ended", "ended")
 
 
 def test_retried_transitions_and_invites_push_once(as_user, apns):
-    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN, apnsToken=APNS_TOKEN)
     key = {"Idempotency-Key": "retry-me"}
     first = as_user("alice").post("/api/call/invite", INVITE, key).json()
     as_user("alice").post("/api/call/invite", INVITE, key)
@@ -169,8 +375,61 @@ def test_fcm_invalid_argument_keeps_the_token(as_user, fcm):
 
 def test_a_token_the_app_replaced_meanwhile_is_kept():
     phone("bob", platform="ios", voipToken="new-token")
-    push_services.token_forget(uid="bob", field="voipToken", token="old-token")
+    push_devices.token_forget(uid="bob", field="voipToken", token="old-token")
     assert user("bob")["voipToken"] == "new-token"
+    device("bob", "iphone", platform="ios", voipToken="new-token")
+    push_devices.device_token_forget(uid="bob", device_id="iphone", field="voipToken",
+                                     token="old-token")
+    assert device_doc("bob", "iphone")["voipToken"] == "new-token"
+
+
+def test_a_dead_token_on_one_device_leaves_the_other_devices(as_user, apns, fcm):
+    bobs_three_devices()
+    apns.unregistered.add(IPAD_VOIP)  # Apple's timestamp: now, after the iPad's update
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushPlatform"]) == (True, "ios")
+    devices = stored(call["callId"])["pushDevices"]
+    assert devices["ipad"] == {"platform": "ios", "sent": False, "error": "unregistered"}
+    assert devices["iphone"]["sent"] and devices["android"]["sent"]
+    ipad = device_doc("bob", "ipad")
+    assert "voipToken" not in ipad and ipad["apnsToken"] == IPAD_APNS
+    assert device_doc("bob", "iphone")["voipToken"] == IPHONE_VOIP
+    assert device_doc("bob", "android")["fcmToken"] == ANDROID_FCM
+
+
+def test_apns_410_older_than_the_devices_update_keeps_the_token(as_user, apns):
+    """The app registered again after Apple saw the token die: the token is new."""
+    device("bob", "iphone", platform="ios", voipToken=IPHONE_VOIP, apnsToken=IPHONE_APNS)
+    apns.unregistered.add(IPHONE_VOIP)
+    apns.clock = lambda: time.time() - 600  # Apple's timestamp: ten minutes ago
+    try:
+        call = invite(as_user)
+    finally:
+        apns.clock = time.time
+    assert [r.status for r in to(apns, IPHONE_VOIP)] == [410]
+    assert (call["pushSent"], call["pushError"]) == (False, "unregistered")
+    assert device_doc("bob", "iphone")["voipToken"] == IPHONE_VOIP
+
+
+def test_a_device_left_without_a_token_is_deleted(as_user, apns, fcm):
+    device("bob", "iphone", platform="ios", voipToken=IPHONE_VOIP)
+    device("bob", "android", age_seconds=60, platform="android", fcmToken=ANDROID_FCM)
+    apns.bad_tokens.add(IPHONE_VOIP)  # 400 BadDeviceToken carries no timestamp
+    fcm.unregistered.add(ANDROID_FCM)
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == \
+        (False, None, "bad_device_token")
+    assert device_doc("bob", "iphone") is None and device_doc("bob", "android") is None
+
+
+def test_a_dead_regular_apns_token_is_removed_from_its_device(as_user, apns):
+    bobs_three_devices()
+    apns.bad_tokens.add(IPAD_APNS)
+    call = invite(as_user)
+    as_user("alice").post("/api/call/cancel", {"call_id": call["callId"]})
+    ipad = device_doc("bob", "ipad")
+    assert "apnsToken" not in ipad and ipad["voipToken"] == IPAD_VOIP
+    assert device_doc("bob", "iphone")["apnsToken"] == IPHONE_APNS
 
 
 # --- providers that fail -----------------------------------------------------------
@@ -191,11 +450,26 @@ def test_apns_answering_500_twice_leaves_the_call_standing(as_user, apns):
     assert stored(call["callId"])["status"] == "pending"
 
 
-def test_fcm_unavailable_is_retried_once_honouring_retry_after(as_user, fcm):
+def test_fcm_unavailable_is_retried_once(as_user, fcm):
     phone("bob", platform="android", fcmToken=FCM_TOKEN)
     fcm.fail_with[FCM_TOKEN] = [(503, "UNAVAILABLE", 0)]
     assert invite(as_user)["pushSent"] is True
     assert [m.status for m in fcm.sent_to(FCM_TOKEN)] == [503, 200]
+
+
+@pytest.mark.parametrize("retry_after, waited", [(0, 0.0), (1, 1.0), (30, 1.0), (None, 0.3)])
+def test_fcm_waits_what_retry_after_says_capped_at_a_second(fcm, retry_after, waited):
+    from push.fcm import FcmClient
+
+    waits: list[float] = []
+    client = FcmClient(project_id=fcm.project_id, service_account_info=fcm.service_account_info(),
+                       base_url=fcm.base_url, sleep=waits.append)
+    fcm.fail_with[FCM_TOKEN] = [(503, "UNAVAILABLE", retry_after)]
+    assert client.send_data(token=FCM_TOKEN, data={"type": "incoming_call"}, ttl_seconds=60).ok
+    assert waits == [waited]
+    assert [m.status for m in fcm.sent_to(FCM_TOKEN)] == [503, 200]
+    [answer, _] = fcm.sent_to(FCM_TOKEN)
+    assert answer.note.startswith("fail_with")
 
 
 def test_a_slow_apns_times_out_and_the_call_is_still_created(as_user, apns, settings):
@@ -206,6 +480,25 @@ def test_a_slow_apns_times_out_and_the_call_is_still_created(as_user, apns, sett
     call = invite(as_user)
     assert (call["pushSent"], call["pushError"]) == (False, "timeout")
     assert stored(call["callId"])["status"] == "pending"
+    drain(apns)
+
+
+def test_a_device_that_times_out_or_cannot_ring_leaves_the_others_rung(as_user, apns, fcm,
+                                                                       settings):
+    settings.PUSH_TIMEOUT_SECONDS = 0.5
+    push_services.apns_client.cache_clear()
+    device("bob", "iphone", platform="ios", voipToken=IPHONE_VOIP, apnsToken=IPHONE_APNS)
+    device("bob", "ipad", age_seconds=60, platform="ios", apnsToken=IPAD_APNS)  # no PushKit
+    device("bob", "android", age_seconds=120, platform="android", fcmToken=ANDROID_FCM)
+    apns.delay[IPHONE_VOIP] = 3
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == (True, "android", None)
+    assert stored(call["callId"])["pushDevices"] == {
+        "iphone": {"platform": "ios", "sent": False, "error": "timeout"},
+        "ipad": {"platform": "ios", "sent": False, "error": "no_voip_token"},
+        "android": {"platform": "android", "sent": True, "error": None}}
+    assert not to(apns, IPAD_APNS)  # an incoming call is never a regular push
+    drain(apns)
 
 
 @pytest.mark.parametrize("platform, setting", [("ios", "APNS_BASE_URL"),
@@ -308,4 +601,29 @@ def test_a_slow_device_does_not_hold_up_pushes_to_other_phones(apns):
     # ...and still unanswered when the fast one came back:
     assert not [r for r in apns.requests if r.token == slow]
     slow_thread.join(timeout=30)
+    assert apns.connections == 1
+
+
+def test_each_device_goes_to_the_apns_host_of_its_environment(settings):
+    from push.apns import PRODUCTION_URL, SANDBOX_URL
+
+    settings.APNS_BASE_URL = ""
+    settings.APNS_USE_SANDBOX = False
+    assert push_services.apns_base_url("sandbox") == SANDBOX_URL
+    assert push_services.apns_base_url("production") == PRODUCTION_URL
+    assert push_services.apns_base_url(None) == PRODUCTION_URL
+    settings.APNS_USE_SANDBOX = True
+    assert push_services.apns_base_url(None) == SANDBOX_URL
+    assert push_services.apns_base_url("production") == PRODUCTION_URL
+
+
+def test_the_apns_connection_survives_a_quiet_spell(apns):
+    """httpx closes idle connections after 5 s unless told otherwise; a ring after a quiet
+    minute must not wait for a new TLS handshake."""
+    client = push_services.apns_client()
+    assert client.send_voip(device_token=VOIP_TOKEN, payload={"type": "incoming_call"},
+                            expiration=0).ok
+    time.sleep(6)  # longer than httpx's default keep-alive expiry (not a timing assertion)
+    assert client.send_voip(device_token=VOIP_TOKEN, payload={"type": "incoming_call"},
+                            expiration=0).ok
     assert apns.connections == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from django.conf import settings
 
 from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
@@ -92,6 +93,61 @@ def test_ending_the_call_stops_its_recording(as_user, recorder):
     as_user("alice").post("/api/call/end", {"call_id": call["callId"]})
     wait_until(lambda: recorder.sidecar(started["filename"])["state"] == "completed",
                timeout=60, what="the recording stopped and stored")
+
+
+def test_a_call_whose_ids_hold_hash_bang_and_colon_is_rung_tokened_and_recorded(
+        as_user, recorder, settings):
+    # One channel-name rule (integrations.agora) for the invite, the token and the recorder.
+    settings.DEBUG = True  # a local tone instead of Agora, which cannot be reached here
+    response = as_user("al!ce:1").post("/api/call/invite", {
+        "group_id": "fam#1", "caller_id": "al!ce:1", "receiver_id": "b#b"})
+    assert response.status_code == 200, response.content
+    call = response.json()
+    assert call["channelName"].startswith("fam#1_al!ce:1_b#b_")
+    token = as_user("b#b").post("/api/token", {"channel": call["channelName"], "uid": 7})
+    assert token.status_code == 200, token.content
+
+    started = as_user("al!ce:1").post("/api/recording/start", {
+        "channel": call["channelName"], "source": "tone:440"})
+    assert started.status_code == 200, started.content
+    body = started.json()
+    assert (body["channel"], body["uid"], body["status"]) == (
+        call["channelName"], settings.RECORDER_UID, "recording")
+    assert stored(call["callId"])["recordingId"] == body["sid"]  # set by the service
+    wait_until(lambda: recorder.sidecar(body["filename"])["chunks"] >= 2, timeout=30,
+               what="two chunks")
+
+    stopped = as_user("b#b").post("/api/recording/stop", {"sid": body["sid"]}).json()
+    assert (stopped["status"], stopped["format"]) == ("stopped", "wav")
+    assert (stopped["groupId"], stopped["user1"], stopped["user2"]) == (
+        "fam#1", "al!ce:1", "b#b")
+    document = firestore_client().collection("recordings").document(body["sid"]).get()
+    assert (document.get("status"), document.get("channel")) == ("completed", call["channelName"])
+
+
+def test_a_tone_source_is_refused_outside_development(as_user, recorder):
+    call = invite(as_user)
+    response = as_user("alice").post("/api/recording/start", {
+        "channel": call["channelName"], "source": "tone:440"})
+    assert "source" in error_of(response, 400, "validation_error")["message"]
+    assert recorder.call("GET", "/sessions") == (200, {"sessions": []})
+
+
+def test_the_sweep_stops_recordings_of_calls_that_ended_without_telling_the_recorder(
+        as_user, recorder, client):
+    call = invite(as_user)
+    as_user("bob").post("/api/call/answer", {"call_id": call["callId"], "action": "accept"})
+    started = _tone_session(recorder, call)
+    # The call ended in a worker that died before it reached the recorder.
+    firestore_client().collection("calls").document(call["callId"]).update(
+        {"status": "ended", "endReason": "hangup"})
+    response = post_json(client, "/api/call/timeout/sweep", {},
+                         {"X-Ops-Key": settings.OPS_API_KEY})
+    assert response.json()["report"]["recordingsOfEndedCalls"] == {"stopped": 1}
+    wait_until(lambda: recorder.sidecar(started["filename"])["state"] == "completed",
+               timeout=60, what="the recording stopped and stored")
+    again = post_json(client, "/api/call/timeout/sweep", {}, {"X-Ops-Key": settings.OPS_API_KEY})
+    assert again.json()["report"]["recordingsOfEndedCalls"] == {"stopped": 0}
 
 
 def test_an_unreachable_recorder_is_503(as_user, settings):

@@ -11,6 +11,13 @@ Like Apple: 200 is a HEADERS frame (`:status`, `apns-id`) with END_STREAM and no
 errors are HEADERS then one DATA frame with the JSON body. Tests steer it with `unregistered`,
 `bad_tokens`, `fail_with`, `delay` and `expire_next()`, and read `requests`, `connections`
 and `jwts`.
+
+Beyond what Apple refuses outright, it records in `violations` what Apple or iOS would
+silently punish (the push is answered 200, then dropped or the app killed): a background
+push without priority 5 or without `content-available: 1` (or with an alert, sound or badge),
+an alert push without an alert, and, with `voip_types`, a VoIP push whose payload `type` is
+not one of them (iOS kills an app that does not report a VoIP push to CallKit as a call).
+Test suites fail a test that leaves a violation.
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ class PushRecord:
     method: str = "POST"
     path: str = ""
     stream_id: int = 0
+    violation: str | None = None  # what Apple/iOS would punish although it answered 200
 
 
 class _Reject(Exception):
@@ -334,11 +342,15 @@ class FakeAPNs:
     64-200 hex and not in `bad_tokens` (400 BadDeviceToken); body non-empty (400
     PayloadEmpty), <= 5120 bytes for voip / 4096 otherwise (413 PayloadTooLarge), a JSON
     object (400 BadPayload, a reason Apple does not document); then `fail_with`, then
-    `unregistered` (410 with "timestamp" in ms); else 200.
+    `unregistered` (410 with "timestamp" in ms); else 200, with a `violation` recorded when
+    the push breaks a delivery rule (see the module docstring).
     """
 
-    def __init__(self, *, team_id: str, key_id: str, public_key_pem: bytes, bundle_id: str):
+    def __init__(self, *, team_id: str, key_id: str, public_key_pem: bytes, bundle_id: str,
+                 voip_types: set[str] | None = None):
         self.team_id, self.key_id, self.bundle_id = team_id, key_id, bundle_id
+        # payload `type`s the app reports to CallKit as a call; None: not checked
+        self.voip_types = voip_types
         self.public_key = serialization.load_pem_public_key(public_key_pem)
         # switches (cleared by reset())
         self.unregistered: set[str] = set()      # -> 410 Unregistered with timestamp
@@ -350,6 +362,7 @@ class FakeAPNs:
         self._expire_next = 0
         # records (cleared by reset())
         self.requests: list[PushRecord] = []
+        self.violations: list[str] = []
         self.connections = 0
         self.jwts: set[str] = set()
         self.waiting = 0  # requests received and held back by `delay`, not yet answered
@@ -468,6 +481,7 @@ class FakeAPNs:
         """Forget records and switches; the server and its connections stay up."""
         with self._lock:
             self.requests.clear()
+            self.violations.clear()
             self.jwts.clear()
             self.connections = 0
             self.unregistered.clear()
@@ -486,6 +500,9 @@ class FakeAPNs:
     def _record(self, record: PushRecord) -> None:
         with self._lock:
             self.requests.append(record)
+            if record.violation:
+                self.violations.append(f"{record.violation} (token {record.token[:12]}..., "
+                                       f"payload {record.payload})")
 
     # -- Apple's checks --------------------------------------------------------------------
     def _decide(self, conn: _Connection, stream_id: int, raw_headers: list, body: bytes):
@@ -519,8 +536,30 @@ class FakeAPNs:
                 extra = {"timestamp": int(self.clock() * 1000)}
         record = PushRecord(connection=conn.index, token=token, headers=headers,
                             payload=payload, jwt=provider_jwt, status=status, reason=reason,
-                            apns_id=apns_id, method=method, path=path, stream_id=stream_id)
+                            apns_id=apns_id, method=method, path=path, stream_id=stream_id,
+                            violation=self._violation(headers, payload) if status == 200
+                            else None)
         return status, reason, extra, apns_id, record
+
+    def _violation(self, headers: dict, payload: dict | None) -> str | None:
+        """What a push Apple accepted will cost: dropped by APNs or the app killed by iOS."""
+        push_type = headers.get("apns-push-type")
+        aps = (payload or {}).get("aps")
+        aps = aps if isinstance(aps, dict) else {}
+        if push_type == "voip" and self.voip_types is not None \
+                and (payload or {}).get("type") not in self.voip_types:
+            return (f"VoIP push of type {(payload or {}).get('type')!r}: iOS kills an app "
+                    "that does not report a VoIP push to CallKit as an incoming call")
+        if push_type == "background":
+            if headers.get("apns-priority") != "5":
+                return "background push without apns-priority 5"
+            if aps.get("content-available") != 1:
+                return "background push without aps.content-available 1"
+            if {"alert", "sound", "badge"} & set(aps):
+                return "background push with an alert, sound or badge"
+        if push_type == "alert" and not aps.get("alert"):
+            return "alert push without aps.alert"
+        return None
 
     def _check(self, conn, method, match, token, headers, provider_jwt, body, duplicate):
         if method != "POST":
