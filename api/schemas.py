@@ -112,14 +112,14 @@ _ERROR_DESCRIPTIONS = {
     400: "Bad request: validation_error (with `details`), malformed_json, "
          "malformed_multipart, self_call, unsupported_audio (with `reason`), bad_page_token",
     401: "No valid credentials: unauthenticated, invalid_token, token_expired, "
-         "invalid_authorization_header",
+         "invalid_authorization_header, invalid_signature",
     403: "Not allowed: forbidden, not_in_call, wrong_party, not_the_caller, admin_required, "
-         "invalid_ops_key",
+         "invalid_ops_key, uid_reserved",
     404: "Not found: not_found, call_not_found, recording_not_found, no_active_call, "
          "bad_cursor, no_original, recording_file_missing, session_not_found",
     409: "Conflict with the current state: invalid_transition (with `status`, `callId`), "
          "busy (with `callId` of the call holding the line), idempotency_key_reused, "
-         "recording_not_ready / not_failed (with `status`), source_missing",
+         "recording_not_ready / not_failed (with `status`), source_missing, uid_taken",
     411: "length_required: send the upload with a Content-Length",
     413: "payload_too_large, recording_too_large",
     416: "range_not_satisfiable (`Content-Range: bytes */<size>`)",
@@ -128,7 +128,7 @@ _ERROR_DESCRIPTIONS = {
          "recorder_error, ...)",
     503: "Unavailable or contended, retry later: service_unavailable, contention, "
          "recorder_unavailable, auth_unavailable, audio_unavailable (with `reason`), "
-         "storage_* codes",
+         "channel_events_disabled, storage_* codes",
 }
 
 
@@ -173,6 +173,21 @@ class EndOut(CallShortOut):
     durationSeconds: int = Field(description="Seconds from answer to end (0 if never answered)")
 
 
+class PushDevice(Out):
+    platform: str | None = Field(None, description="ios | android")
+    sent: bool | None = None
+    error: str | None = Field(None, description="pushError's codes")
+
+
+class Presence(Out):
+    """A party in the Agora channel, from Agora's channel events."""
+
+    inChannel: bool | None = None
+    joinedAt: Timestamp | None = None
+    leftAt: Timestamp | None = None
+    leaveReason: Any = Field(None, description="Agora's leave reason, as Agora sent it")
+
+
 class CallDocument(Out):
     """`calls/{callId}` as the apps read it, every stored field (timestamps as ISO 8601),
     plus the seed's `caregiverUserId` and `giverNameSnapshot`."""
@@ -200,7 +215,18 @@ class CallDocument(Out):
     pushSent: bool | None = None
     pushPlatform: str | None = None
     pushError: str | None = None
+    pushDevices: dict[str, PushDevice] | None = Field(
+        None, description="deviceId -> what the last push to that device did")
     recordingId: str | None = Field(None, description="The call's latest recording")
+    agoraUids: dict[str, str] | None = Field(
+        None, description="Agora uid (or account) -> the user who holds it on this call")
+    presence: dict[str, Presence] | None = Field(None, description="uid -> in the channel?")
+    talkSeconds: int | None = Field(None, description="Seconds both parties were in the "
+                                                      "channel together")
+    togetherSince: Timestamp | None = None
+    callerLeftAt: Timestamp | None = None
+    agoraSeq: dict[str, int] | None = Field(
+        None, description="Agora uid -> the last clientSeq applied")
     humanSummary: str | None = None
     humanKeywords: list[str] | None = None
     humanNotes: str | None = None
@@ -211,6 +237,10 @@ class CallDocument(Out):
 
 class SweepCallsPart(Out):
     updated: int | None = Field(None, description="Pending calls moved to missed")
+
+
+class SweepEndedPart(Out):
+    ended: int | None = Field(None, description="Calls a presence rule ended")
 
 
 class SweepStoppedPart(Out):
@@ -238,6 +268,7 @@ class SweepReport(Out):
     """One entry per part; a part that failed has `error` and `message` instead."""
 
     calls: SweepCallsPart | SweepPartFailure
+    callsEnded: SweepEndedPart | SweepPartFailure
     recordingsOfEndedCalls: SweepStoppedPart | SweepPartFailure
     recorderRetries: SweepRetriesPart | SweepPartFailure
     uploads: SweepUploadsPart | SweepPartFailure
@@ -248,6 +279,16 @@ class SweepOut(Out):
     timeoutSeconds: int
     updatedCount: int = Field(description="Calls moved to missed")
     report: SweepReport
+
+
+class ChannelEventOut(Out):
+    success: Literal[True]
+    result: Literal["applied", "ignored"]
+    reason: str | None = Field(None, description="ignored: why (event_type, unknown_channel, "
+                                                 "recorder, unknown_uid, unknown_call, "
+                                                 "duplicate, stale)")
+    callId: str | None = Field(None, description="applied: the call")
+    status: CallStatus | None = Field(None, description="applied: the call's status after")
 
 
 # --- recorder sessions ------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class TokenOut(Schema):
     expire_in: int = Field(description="Seconds from now until it expires")
 
 
-@router.post("", **answers(TokenOut, 400, 401, 403, 503), summary="Issue an Agora RTC token")
+@router.post("", **answers(TokenOut, 400, 401, 403, 409, 503), summary="Issue an Agora RTC token")
 def token_issue(request: HttpRequest, payload: TokenIn):
     user = payload.uid if payload.uid is not None else payload.user_account
     call_token_check(principal=request.principal, channel=payload.channel, agora_user=user)

@@ -16,6 +16,7 @@ from api.schemas import CallDocument, ErrorBody, RecordingStopOut
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
 from tests.test_calls import invite
+from tests.test_channel_events import SECRET, event, signed
 from tests.test_recordings_api import _tone_session
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -29,6 +30,7 @@ KNOWN = {
     "GET /api/recordings/{recording_id}/stream", "GET /api/recordings/{recording_id}/download",
     "POST /api/recordings/{recording_id}/retry-upload", "GET /api/calls/{call_id}/has-recording",
     "GET /api/users/{uid}/has-recording", "GET /api/admin/recordings",
+    "POST /api/webhooks/agora",
 }
 
 
@@ -119,7 +121,7 @@ def test_schemas_answer_exactly_the_keys_they_are_given():
     call = {"callId": "c1", "channelName": "g_a_b_1", "groupId": "g", "callerId": "a",
             "receiverId": "b", "callerName": "A", "caregiverUserId": "a",
             "giverNameSnapshot": "A", "status": "pending",
-            "createdAt": "2026-02-04T05:49:23.670148Z", "pushDevices": {"d1": "sent"},
+            "createdAt": "2026-02-04T05:49:23.670148Z", "notDeclaredHere": {"d1": "x"},
             "durationSec": 0, "endedAt": None}
     assert CallDocument.model_validate(call).model_dump() == call
     stop = {"sid": "s1", "status": "processing", "firebase": None}
@@ -185,7 +187,16 @@ def test_no_answer_differs_from_the_views_data(unchanged, client, as_user, beare
     call_id = call["callId"]
     assert as_user("bob").post("/api/call/answer",
                                {"call_id": call_id, "action": "accept"}).status_code == 200
-    assert as_user("alice").get(f"/api/call/status/{call_id}").status_code == 200
+    # A channel event: the call document gains presence, with timestamps nested in it.
+    settings.AGORA_NCS_SECRET = SECRET
+    assert as_user("alice").post("/api/token", {"channel": call["channelName"],
+                                                "uid": 1001}).status_code == 200
+    joined = event(103, call["channelName"], 1001, seq=1)
+    answer = client.post("/api/webhooks/agora", data=joined, content_type="application/json",
+                         headers=signed(joined))
+    assert answer.json()["result"] == "applied", answer.content
+    status = as_user("alice").get(f"/api/call/status/{call_id}")
+    assert status.json()["presence"]["alice"]["inChannel"] is True
 
     started = _tone_session(recorder, call)
     assert as_user("alice").get("/api/recording/status").json()["sessions"]
@@ -219,6 +230,7 @@ def test_no_answer_differs_from_the_views_data(unchanged, client, as_user, beare
 
     assert {
         "POST /api/call/invite", "POST /api/call/answer", f"GET /api/call/status/{call_id}",
+        "POST /api/webhooks/agora",
         "GET /api/recording/status", "POST /api/recording/stop", "GET /api/recording/list",
         "POST /api/recordings/upload", "GET /api/recordings/check-exists",
         f"GET /api/calls/{call_id}/has-recording", "GET /api/users/bob/has-recording",
