@@ -13,11 +13,11 @@ from ninja.responses import Status
 from pydantic import BaseModel
 
 from api.schemas import CallDocument, ErrorBody, RecordingStopOut
+from devstack.emulators import wait_until
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
 from tests.test_calls import invite
 from tests.test_channel_events import SECRET, event, signed
-from tests.test_recordings_api import _tone_session
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 KNOWN = {
@@ -198,7 +198,13 @@ def test_no_answer_differs_from_the_views_data(unchanged, client, as_user, beare
     status = as_user("alice").get(f"/api/call/status/{call_id}")
     assert status.json()["presence"]["alice"]["inChannel"] is True
 
-    started = _tone_session(recorder, call)
+    settings.DEBUG = True  # a local tone instead of Agora, which cannot be reached here
+    start = as_user("alice").post("/api/recording/start", {"channel": call["channelName"],
+                                                           "source": "tone:440"})
+    assert start.status_code == 200, start.content
+    started = start.json()
+    wait_until(lambda: recorder.sidecar(started["filename"])["chunks"] >= 2, timeout=30,
+               what="two chunks")
     assert as_user("alice").get("/api/recording/status").json()["sessions"]
     stop = as_user("bob").post("/api/recording/stop", {"sid": started["sid"]})
     assert stop.json()["firebase"]["firestoreId"] == started["sid"]
@@ -230,8 +236,8 @@ def test_no_answer_differs_from_the_views_data(unchanged, client, as_user, beare
 
     assert {
         "POST /api/call/invite", "POST /api/call/answer", f"GET /api/call/status/{call_id}",
-        "POST /api/webhooks/agora",
-        "GET /api/recording/status", "POST /api/recording/stop", "GET /api/recording/list",
+        "POST /api/webhooks/agora", "POST /api/recording/start", "GET /api/recording/status",
+        "POST /api/recording/stop", "GET /api/recording/list",
         "POST /api/recordings/upload", "GET /api/recordings/check-exists",
         f"GET /api/calls/{call_id}/has-recording", "GET /api/users/bob/has-recording",
         "GET /api/recordings/upload-status", "GET /api/admin/recordings",
