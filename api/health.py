@@ -10,6 +10,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from ninja import Router
 
+from api.schemas import HealthOut, LiveOut
 from integrations import firebase
 
 router = Router(tags=["health"])
@@ -52,12 +53,13 @@ def _storage_check() -> dict | None:
     return None
 
 
-@router.get("/live", auth=None, summary="Liveness (no I/O)")
+@router.get("/live", auth=None, response=LiveOut, summary="Liveness (no I/O)")
 def live(request: HttpRequest):
     return {"status": "ok"}
 
 
-@router.get("", auth=None, summary="Readiness: Firestore, Storage, recorder")
+@router.get("", auth=None, response={200: HealthOut, 503: HealthOut},
+            summary="Readiness: Firestore, Storage, recorder")
 def health(request: HttpRequest):
     # 503 only without Firestore: the API still works without Storage or the recorder.
     firestore_future = _pool.submit(_probe, _firestore_check)

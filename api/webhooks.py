@@ -8,6 +8,7 @@ from ninja import Query, Router, Schema
 
 from analysis import services as analysis_services
 from api.analysis import JobId
+from api.schemas import ChannelEventOut, answers
 from calls import channel_events
 from core.errors import PayloadTooLarge
 
@@ -16,7 +17,8 @@ router = Router(tags=["webhooks"], auth=None)
 _WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
-@router.post("/agora", summary="Agora channel events (Notifications), signed with its secret")
+@router.post("/agora", **answers(ChannelEventOut, 400, 401, 413, 503),
+             summary="Agora channel events (Notifications), signed with its secret")
 def agora(request: HttpRequest):
     body = request.body
     if len(body) > channel_events.MAX_BODY_BYTES:
