@@ -19,6 +19,7 @@ from analysis.stream import job_events
 from api import delivery
 from api.auth import user_auth
 from api.library import RecordingId
+from api.schemas import EVENTS_DOCS, MEDIA_DOCS, AnalysisJobOut, AnalysisStartOut, answers
 from core.errors import ValidationFailed
 
 analyze_router = Router(tags=["analysis"], auth=user_auth)
@@ -44,7 +45,9 @@ def _analyze_body(request: HttpRequest) -> AnalyzeIn:
         raise ValidationFailed(message)
 
 
-@analyze_router.post("/{recording_id}/analyze", response={200: dict, 202: dict},
+@analyze_router.post("/{recording_id}/analyze",
+                     **answers({200: AnalysisStartOut, 202: AnalysisStartOut},
+                               400, 401, 403, 404, 409),
                      summary="Analyse a completed recording (202 new job, 200 existing)",
                      description='Optional JSON body `{"force": true}` (admins): a new job.')
 def analyze(request: HttpRequest, recording_id: RecordingId):
@@ -53,7 +56,8 @@ def analyze(request: HttpRequest, recording_id: RecordingId):
                                            force=_analyze_body(request).force))
 
 
-@analysis_router.get("/{job_id}", summary="An analysis job: status, progress, result")
+@analysis_router.get("/{job_id}", **answers(AnalysisJobOut, 401, 403, 404),
+                     summary="An analysis job: status, progress, result")
 def job(request: HttpRequest, job_id: JobId):
     return services.analysis_read(principal=request.principal, job_id=job_id)
 
@@ -63,7 +67,8 @@ def _last_event_id(request: HttpRequest) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
-@analysis_router.get("/{job_id}/events", summary="An analysis job's progress (text/event-stream)")
+@analysis_router.get("/{job_id}/events", **answers(None, 401, 403, 404, docs=EVENTS_DOCS),
+                     summary="An analysis job's progress (text/event-stream)")
 def events(request: HttpRequest, job_id: JobId):
     job = services.access_job(request.principal, job_id)
     last_seq = _last_event_id(request)
@@ -85,6 +90,7 @@ class AudioIn(Schema):
 
 
 @analysis_router.get("/{job_id}/audio", auth=None,
+                     **answers(None, 403, 404, 410, 416, 503, docs=MEDIA_DOCS),
                      summary="The job's audio, for the analysis server (job-scoped token)")
 def audio(request: HttpRequest, job_id: JobId, params: Query[AudioIn]):
     media = services.analysis_audio(job_id=job_id, token=params.token)

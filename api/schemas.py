@@ -121,6 +121,7 @@ _ERROR_DESCRIPTIONS = {
          "busy (with `callId` of the call holding the line), idempotency_key_reused, "
          "recording_not_ready / not_failed (with `status`), source_missing, uid_taken",
     411: "length_required: send the upload with a Content-Length",
+    410: "Gone: the analysis job is final, its audio URL no longer works",
     413: "payload_too_large, recording_too_large",
     416: "range_not_satisfiable (`Content-Range: bytes */<size>`)",
     500: "internal_error, with `requestId`",
@@ -517,3 +518,51 @@ class HealthOut(Out):
 
 class LiveOut(Out):
     status: Literal["ok"]
+
+
+# --- analysis -------------------------------------------------------------------------------
+
+AnalysisStatus = Literal["queued", "processing", "completed", "failed"]
+
+
+class AnalysisStartOut(Out):
+    jobId: str
+    status: AnalysisStatus
+    progress: int = Field(description="0-100, never decreasing")
+
+
+class AnalysisJobOut(Out):
+    """The seeds' `{status, progress, message, result}` plus the job's own fields."""
+
+    jobId: str
+    recordingId: str | None = None
+    callId: str | None = None
+    status: AnalysisStatus
+    progress: int
+    message: str | None = None
+    seq: int | None = Field(None, description="Increases with every change (the SSE event id)")
+    attempts: int | None = None
+    nextAttemptAt: str | None = None
+    engine: str | None = None
+    result: dict | None = Field(None, description="summary, metrics, language, transcriber, "
+                                                  "transcriptPath (JSON in Storage)")
+    error: str | dict | None = None
+    createdAt: str | None = None
+    updatedAt: str | None = None
+    completedAt: str | None = None
+    requestedBy: str | None = None
+
+
+EVENTS_DOCS = {"responses": {
+    200: {"description": "text/event-stream: a comment at once, `retry: 3000`, then an event "
+                         "per change (`id:` seq, `event:` progress|completed|failed, `data:` "
+                         "the job as JSON), a comment heartbeat every 15 s; closes after the "
+                         "terminal event. `Last-Event-ID` resumes after that seq.",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    204: {"description": "The job is final and the client has seen its last event"}}}
+
+
+class AnalysisWebhookOut(Out):
+    success: Literal[True]
+    jobId: str
+    applied: bool = Field(description="False for a replay, a stale or a late event")

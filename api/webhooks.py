@@ -8,7 +8,7 @@ from ninja import Query, Router, Schema
 
 from analysis import services as analysis_services
 from api.analysis import JobId
-from api.schemas import ChannelEventOut, answers
+from api.schemas import AnalysisWebhookOut, ChannelEventOut, answers
 from calls import channel_events
 from core.errors import PayloadTooLarge
 
@@ -44,11 +44,13 @@ def _webhook(request: HttpRequest, params: WebhookIn):
     return analysis_services.analysis_webhook(job_id=params.job_id, body=body, headers=headers)
 
 
-@router.post("/analysis", summary="Signed callbacks of the analysis server")
+@router.post("/analysis", **answers(AnalysisWebhookOut, 400, 401, 404, 413),
+             summary="Signed callbacks of the analysis server")
 def webhook(request: HttpRequest, params: Query[WebhookIn]):
     return _webhook(request, params)
 
 
-@router.post("/analysis-complete", summary="Signed callbacks (the seeds' path)")
+@router.post("/analysis-complete", **answers(AnalysisWebhookOut, 400, 401, 404, 413),
+             summary="Signed callbacks (the seeds' path)")
 def webhook_complete(request: HttpRequest, params: Query[WebhookIn]):
     return _webhook(request, params)

@@ -66,6 +66,8 @@ def test_every_operation_documents_a_typed_success_answer(spec):
                      if status.startswith("2")}
         assert successes, f"{name} documents no 2xx answer"
         for status, answer in successes.items():
+            if status == "204":
+                continue  # No Content: nothing to type
             schemas = _schemas(answer)
             assert schemas, f"{name} {status} has no schema"
             for schema in schemas:
