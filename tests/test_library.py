@@ -652,6 +652,27 @@ def test_the_admin_listing_explains_bad_queries(client, library, query, code):
     error_of(_listing(client, query), 400, code)
 
 
+@pytest.mark.parametrize("query,field", [
+    ("date_from=2024-13-45", "date_from"),
+    ("date_to=9999-12-31", "date_to"),
+    ("date_to=9999-12-31T23:59:59", "date_to"),
+    ("date_from=0001-01-01T00:00:00%2B01:00", "date_from"),
+])
+def test_impossible_days_and_the_end_of_time_are_400_naming_the_field(client, query, field):
+    error = error_of(_listing(client, query), 400, "validation_error")
+    assert error["message"].startswith(f"{field}: ")
+    assert error["details"][0]["field"] == field
+
+
+@pytest.mark.parametrize("timestamp", ["9999-12-31T23:59:59", "0001-01-01"])
+def test_a_check_exists_window_past_the_end_of_time_is_400_naming_the_field(as_user,
+                                                                           timestamp):
+    error = error_of(as_user("alice").get(
+        f"/api/recordings/check-exists?channel=x&timestamp={timestamp}"), 400,
+        "validation_error")
+    assert error["message"].startswith("timestamp: ")
+
+
 def test_upload_status_counts_from_aggregations(client, bearer, library):
     response = client.get("/api/recordings/upload-status",
                           headers={"X-Ops-Key": settings.OPS_API_KEY})
