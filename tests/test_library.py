@@ -17,6 +17,9 @@ import pytest
 import requests
 from django.conf import settings
 from django.test import RequestFactory
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from api import delivery
 from devstack.emulators import free_port
@@ -486,6 +489,50 @@ def test_a_range_that_cannot_be_understood_gets_the_whole_file(client, alice, pl
     response = _get(client, alice, f"/api/recordings/{played['id']}/stream", header)
     assert response.status_code == 200
     assert _body(response) == played["wav"]
+
+
+@pytest.mark.parametrize("digit", ["²", "¹", "³", "٣", "１"])
+def test_a_range_with_digits_that_are_not_ascii_gets_the_whole_file(client, alice, played,
+                                                                   digit):
+    for header in (f"bytes={digit}-", f"bytes=0-{digit}", f"bytes=-{digit}"):
+        response = _get(client, alice, f"/api/recordings/{played['id']}/stream", header)
+        assert response.status_code == 200, (header, response.content)
+        assert _body(response) == played["wav"]
+
+
+RANGE_CHARS = st.sampled_from("0123456789-, =\tbytes²¹³٣１")
+range_headers = st.one_of(
+    st.text(max_size=60),
+    st.text(RANGE_CHARS, max_size=60),
+    st.lists(st.tuples(st.integers(0, 10**25) | st.none(), st.integers(0, 10**25) | st.none())
+             .map(lambda pair: "-".join("" if n is None else str(n) for n in pair)),
+             min_size=1, max_size=20).map(lambda specs: "bytes=" + ",".join(specs)),
+    st.sampled_from(["bytes=²-", "bytes=0-²", "bytes=" + "9" * 5000 + "-",
+                     "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000, "bytes=" + "0" * 30 + "5-"]),
+)
+
+
+@given(range_headers, st.integers(0, 10_000))
+def test_any_range_header_is_ranges_or_the_whole_file_or_unsatisfiable(header, size):
+    try:
+        ranges = delivery.byte_ranges(header, size)
+    except delivery.Unsatisfiable:
+        return
+    if ranges is None:
+        return
+    assert 1 <= len(ranges) <= delivery.MAX_RANGES
+    for (start, end), later in zip(ranges, [*ranges[1:], None], strict=True):
+        assert 0 <= start <= end < size
+        assert later is None or later[0] > end + 1  # sorted, merged
+
+
+@hypothesis_settings(max_examples=40)
+@given(header=range_headers)
+def test_any_range_header_on_stream_is_200_206_or_416(client, alice, played, header):
+    response = _get(client, alice, f"/api/recordings/{played['id']}/stream", header)
+    assert response.status_code in (200, 206, 416), (header, response.content)
+    if response.status_code == 200:
+        assert _body(response) == played["wav"]
 
 
 def test_if_range_with_another_version_gets_the_whole_file(client, alice, played):
