@@ -38,6 +38,13 @@ class MalformedJson(AppError):
     message = "The request body is not valid JSON."
 
 
+class HostNotServed(AppError):
+    # Not the host itself in the message: it is the client's, and Django's text advises on
+    # ALLOWED_HOSTS.
+    code = "disallowed_host"
+    message = "The Host header names a host this server does not serve."
+
+
 class UnsupportedAudio(AppError):
     code = "unsupported_audio"
     message = "The file is not audio this server can read."

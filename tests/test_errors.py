@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
+from django.http import Http404
 from django.test import override_settings
+from django.urls import path
 
+from config import urls as config_urls
 from tests.conftest import api_log_lines, post_json
 
 pytestmark = pytest.mark.usefixtures("any_channel")
@@ -71,3 +75,56 @@ def test_an_unexpected_failure_is_500_json_with_request_id_and_logged(client, be
     crash = next(line for line in logged if line["event"] == "unhandled_exception")
     assert "RuntimeError" in crash["exception"] and "Traceback" in crash["exception"]
     assert any(line["event"] == "request" and line["status"] == 500 for line in logged)
+
+
+# --- Django's own answers (its HTML pages) are JSON too ----------------------------------
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "dev-mode"])
+def test_a_host_this_server_does_not_serve_is_400_json(client, debug):
+    with override_settings(DEBUG=debug):
+        response = client.get("/api/health/live", headers={"Host": "evil.example"})
+    error = _error(response, 400, "disallowed_host")
+    assert "evil.example" not in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/", "/favicon.ico", "/static/nothing.css"])
+def test_dev_mode_answers_an_unknown_path_with_json_not_the_debug_page(client, path):
+    with override_settings(DEBUG=True):
+        error = _error(client.get(path), 404, "not_found")
+    assert path in error["message"]
+
+
+def _raises(exception: Exception):
+    def view(request):
+        raise exception
+    return view
+
+
+# This module is also the URLconf of the next test: config/urls.py plus views that raise
+# what Django itself renders, with config/urls.py's handlers.
+urlpatterns = [*config_urls.urlpatterns,
+               path("suspicious", _raises(SuspiciousOperation("a forged header"))),
+               path("bad-request", _raises(BadRequest("a broken request"))),
+               path("denied", _raises(PermissionDenied())),
+               path("missing", _raises(Http404())),
+               path("crash", _raises(RuntimeError("a bug, secret=hunter2")))]
+# (Django's defaults where config/urls.py names none.)
+handler400, handler403, handler404, handler500 = (
+    getattr(config_urls, f"handler{status}", f"django.views.defaults.{view}")
+    for status, view in ((400, "bad_request"), (403, "permission_denied"),
+                         (404, "page_not_found"), (500, "server_error")))
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "dev-mode"])
+@pytest.mark.parametrize("path,status,code", [
+    ("/suspicious", 400, "bad_request"),
+    ("/bad-request", 400, "bad_request"),
+    ("/denied", 403, "forbidden"),
+    ("/missing", 404, "not_found"),
+    ("/crash", 500, "internal_error"),
+])
+def test_djangos_error_handlers_answer_json(client, debug, path, status, code):
+    with override_settings(ROOT_URLCONF=__name__, DEBUG=debug):
+        response = client.get(path)
+    _error(response, status, code)
+    assert b"<" not in response.content and b"hunter2" not in response.content
