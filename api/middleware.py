@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse
 
 from api.errors import api_error_response, error_response, server_error_response
 from api.uploads import upload_limit_bytes
-from core.errors import HostNotServed
+from core.errors import HostNotServed, LengthRequired
 
 log = structlog.get_logger("api.request")
 
@@ -53,6 +53,10 @@ class RequestLogMiddleware:
     @staticmethod
     def _guard_body_size(request: HttpRequest) -> HttpResponse | None:
         # Refuse before reading: a declared oversized body is never buffered.
+        if request.META.get("HTTP_TRANSFER_ENCODING"):
+            # WSGI hands Django no length for a chunked body, so it would read none of it.
+            return api_error_response(LengthRequired(
+                "Send the body with a Content-Length, not Transfer-Encoding."))
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -60,8 +64,8 @@ class RequestLogMiddleware:
         limit = settings.API_MAX_BODY_BYTES
         if request.path.rstrip("/") == UPLOAD_PATH:
             if request.method == "POST" and not request.META.get("CONTENT_LENGTH"):
-                return error_response(http_status=411, code="length_required",
-                                      message="Send the upload with a Content-Length.")
+                return api_error_response(
+                    LengthRequired("Send the upload with a Content-Length."))
             # The file's own limit is enforced while it streams to disk; this refuses a
             # declared body that cannot fit before reading any of it.
             limit = upload_limit_bytes() + MULTIPART_OVERHEAD

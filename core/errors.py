@@ -121,11 +121,22 @@ class SourceMissing(Conflict):
     code = "source_missing"
 
 
-# --- 413 / 5xx ------------------------------------------------------------------------------
+# --- 411 / 413 / 415 / 5xx ----------------------------------------------------------------
+
+class LengthRequired(AppError):
+    status = 411
+    code = "length_required"
+    message = "Send the request body with a Content-Length."
+
 
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class ServiceUnavailable(AppError):

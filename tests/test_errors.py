@@ -49,6 +49,30 @@ def test_an_oversized_body_is_413_before_it_is_read(client, bearer):
     _error(post_json(client, "/api/token", huge, bearer("a")), 413, "payload_too_large")
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/octet-stream", "text/json"])
+def test_a_json_body_that_does_not_say_json_is_415(client, bearer, content_type):
+    response = client.post("/api/token", data='{"channel": "c", "uid": 1}',
+                           content_type=content_type, headers=bearer("a"))
+    error = _error(response, 415, "unsupported_media_type")
+    assert content_type in error["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON",
+                                          "application/vnd.memharbor+json"])
+def test_a_json_body_that_says_json_in_any_spelling_is_read(client, bearer, content_type):
+    response = client.post("/api/token", data='{"channel": "c", "uid": 1}',
+                           content_type=content_type, headers=bearer("a"))
+    assert response.status_code == 200, response.content
+
+
+def test_a_chunked_body_is_411_not_an_empty_body(client, bearer):
+    response = client.post("/api/token", data='{"channel": "c", "uid": 1}',
+                           content_type="application/json",
+                           headers={**bearer("a"), "Transfer-Encoding": "chunked"})
+    _error(response, 411, "length_required")
+
+
 def test_an_unknown_path_is_404_json(client):
     error = _error(client.get("/api/no/such/thing"), 404, "not_found")
     assert "/api/no/such/thing" in error["message"]

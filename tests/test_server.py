@@ -82,3 +82,19 @@ def test_gunicorn_answers_a_bad_host_and_an_unknown_path_with_json(start_server,
     assert (status, content_type) == (404, "application/json"), body
     assert json.loads(body) == {"success": False, "error": {
         "code": "not_found", "message": "No endpoint at /."}}
+
+
+def test_gunicorn_refuses_a_chunked_json_body_with_411(start_server, securetoken):
+    base = start_server()
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=20)
+    try:
+        connection.request("POST", "/api/token", body=iter([b'{"channel": "c", ', b'"uid": 1}']),
+                           encode_chunked=True, headers={
+                               "Content-Type": "application/json",
+                               "Authorization": f"Bearer {securetoken.mint('alice')}"})
+        response = connection.getresponse()
+        status, body = response.status, json.loads(response.read())
+    finally:
+        connection.close()
+    assert status == 411, body
+    assert body["success"] is False and body["error"]["code"] == "length_required"
