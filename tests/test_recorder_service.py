@@ -72,8 +72,10 @@ def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
 
     assert status == 200, stopped
     assert stopped["status"] == "stopped"
-    path = Path(stopped["path"])
-    assert path == recorder.recordings / started["filename"]
+    # No answer names a file on the server: the file is found by its name.
+    for answer in (started, listed, stopped, recorder.call("GET", f"/sessions/{started['sid']}")[1]):
+        assert "path" not in answer and str(recorder.recordings) not in json.dumps(answer)
+    path = recorder.recordings / started["filename"]
     assert stopped["bytes"] == path.stat().st_size > 0
     assert audio_codec(path) == "opus"
     assert decoded_seconds(path) == pytest.approx(RECORDING_SECONDS, abs=0.5)
@@ -126,9 +128,11 @@ def test_two_concurrent_tone_sessions_stay_separate_files(start_recorder):
     results = {hz: recorder.call("POST", f"/sessions/{s['sid']}/stop")[1]
                for hz, s in sessions.items()}
 
-    assert results[440]["path"] != results[880]["path"]
+    assert sessions[440]["filename"] != sessions[880]["filename"]
     for hz, result in results.items():
-        assert dominant_hz(Path(result["path"])) == pytest.approx(hz, rel=0.05)
+        assert "path" not in result
+        assert dominant_hz(recorder.recordings / sessions[hz]["filename"]) == pytest.approx(
+            hz, rel=0.05)
 
 
 def test_every_endpoint_but_health_needs_the_secret(start_recorder):
@@ -266,7 +270,7 @@ def test_a_session_stops_by_itself_at_the_maximum_duration(start_recorder):
     assert result["stopReason"] == "max_duration"
     wait_until(lambda: recorder.sidecar(started["filename"])["state"] == "completed",
                timeout=60, what="the auto-stopped recording stored")
-    assert decoded_seconds(Path(result["path"])) >= 1.5
+    assert decoded_seconds(recorder.recordings / started["filename"]) >= 1.5
 
 
 def test_a_fixture_file_is_recorded_until_it_ends(start_recorder, tmp_path):
@@ -285,7 +289,7 @@ def test_a_fixture_file_is_recorded_until_it_ends(start_recorder, tmp_path):
 
     result = recorder.call("GET", f"/sessions/{started['sid']}")[1]
     assert result["stopReason"] == "source_ended"
-    assert dominant_hz(Path(result["path"])) == pytest.approx(660, rel=0.05)
+    assert dominant_hz(recorder.recordings / started["filename"]) == pytest.approx(660, rel=0.05)
 
 
 def test_idle_auto_stop_is_for_agora_sessions_nobody_is_in(tmp_path, monkeypatch):

@@ -68,6 +68,7 @@ def test_stop_answers_the_seed_shape_once_the_wav_is_stored(as_user, recorder):
     assert body["firebase"]["storagePath"] == f"recordings/{body['filename']}"
     assert body["firebase"]["firestoreId"] == started["sid"]
     assert stored(call["callId"])["recordingId"] == started["sid"]
+    assert "path" not in body and str(recorder.recordings) not in response.content.decode()
 
 
 def test_status_and_list_show_each_user_their_own(as_user, recorder):
