@@ -10,6 +10,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from ninja import Router
 
+from core.disk import disk_usage
 from integrations import firebase
 
 router = Router(tags=["health"])
@@ -42,7 +43,8 @@ def _recorder_check() -> dict | None:
         response = http.get(settings.RECORDER_SERVICE_URL.rstrip("/") + "/health")
     response.raise_for_status()
     body = response.json()
-    return {"browser": body.get("browser"), "sessions": body.get("sessions")}
+    return {"browser": body.get("browser"), "sessions": body.get("sessions"),
+            "disk": body.get("disk")}
 
 
 def _storage_check() -> dict | None:
@@ -72,5 +74,7 @@ def health(request: HttpRequest):
         status = "degraded"
     else:
         status = "ok"
-    body = {"status": status, "firestore": firestore, "storage": storage, "recorder": recorder}
+    body = {"status": status, "firestore": firestore, "storage": storage, "recorder": recorder,
+            # the app uploads not yet in Storage (the recorder reports its own directory)
+            "disk": disk_usage(settings.RECORDING_UPLOADS_DIR, recursive=True)}
     return JsonResponse(body, status=503 if status == "down" else 200)

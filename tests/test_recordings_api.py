@@ -105,9 +105,18 @@ def test_an_unreachable_recorder_is_503(as_user, settings):
     recorder_client._http.cache_clear()
 
 
-def test_health_reports_the_recorder(client, recorder, settings):
+def test_health_reports_the_recorder(client, recorder, settings, tmp_path):
+    (recorder.recordings / "left-behind.webm").write_bytes(b"x" * 1000)
+    settings.RECORDING_UPLOADS_DIR = tmp_path / "uploads"
+    (settings.RECORDING_UPLOADS_DIR / ".incoming").mkdir(parents=True)
+    (settings.RECORDING_UPLOADS_DIR / "a.m4a").write_bytes(b"x" * 300)
+    (settings.RECORDING_UPLOADS_DIR / ".incoming" / "b.part").write_bytes(b"x" * 200)
     body = client.get("/api/health").json()
     assert body["recorder"]["status"] == "ok" and body["recorder"]["browser"] in ("up", "down")
+    # Disk used by what is not in Storage yet: the recorder's directory and the uploads.
+    assert body["recorder"]["disk"]["recordingsBytes"] == 1000
+    assert body["disk"]["recordingsBytes"] == 500
+    assert body["disk"]["freeBytes"] > 0 and body["recorder"]["disk"]["freeBytes"] > 0
     settings.RECORDER_SERVICE_URL = f"http://127.0.0.1:{free_port()}"
     body = client.get("/api/health").json()
     assert body["recorder"]["status"] == "down" and body["status"] == "ok"
