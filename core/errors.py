@@ -93,6 +93,11 @@ class CallNotFound(NotFound):
     message = "No call with this id."
 
 
+class NoActiveCall(NotFound):
+    code = "no_active_call"
+    message = "No ringing or accepted call on this channel."
+
+
 class RecordingNotFound(NotFound):
     code = "recording_not_found"
     message = "No recording with this id."
