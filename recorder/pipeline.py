@@ -111,8 +111,8 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
         return {**_answer(document), "firebase": None, "status": "failed", "error": exc.code}
     now = iso(utc_now())
     moved = store.recording_move(sid, "store", {"url": stored.url, "error": None,
-                                        "storedBytes": stored.size, "uploadedAt": now,
-                                        "updatedAt": now})
+                                                "storedBytes": stored.size, "uploadedAt": now,
+                                                "updatedAt": now})
     if call:
         store.call_recording_set(call_id, sid)
     _save_sidecar(sidecar, meta, state="completed", recordingId=sid, storagePath=storage_path,
