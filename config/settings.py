@@ -233,9 +233,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "api.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before CommonMiddleware: a refused Host and dev mode's debug pages answer JSON too.
+    "api.middleware.JsonErrorMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the OpenAPI docs' own assets
     "django.middleware.common.CommonMiddleware",
-    "api.middleware.JsonErrorMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -38,6 +38,13 @@ class MalformedJson(AppError):
     message = "The request body is not valid JSON."
 
 
+class HostNotServed(AppError):
+    # Not the host itself in the message: it is the client's, and Django's text advises on
+    # ALLOWED_HOSTS.
+    code = "disallowed_host"
+    message = "The Host header names a host this server does not serve."
+
+
 class UnsupportedAudio(AppError):
     code = "unsupported_audio"
     message = "The file is not audio this server can read."
@@ -105,6 +112,11 @@ class CallNotFound(NotFound):
     message = "No call with this id."
 
 
+class NoActiveCall(NotFound):
+    code = "no_active_call"
+    message = "No ringing or accepted call on this channel."
+
+
 class RecordingNotFound(NotFound):
     code = "recording_not_found"
     message = "No recording with this id."
@@ -151,11 +163,22 @@ class AnalysisFinished(AppError):
     message = "The analysis job is finished; its audio URL no longer works."
 
 
-# --- 413 / 5xx ------------------------------------------------------------------------------
+# --- 411 / 413 / 415 / 5xx ----------------------------------------------------------------
+
+class LengthRequired(AppError):
+    status = 411
+    code = "length_required"
+    message = "Send the request body with a Content-Length."
+
 
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class ServiceUnavailable(AppError):

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
-from devstack.emulators import free_port
+from devstack.emulators import free_port, port_free
 
 
 def _listening(port: int) -> bool:
@@ -95,3 +95,40 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
+
+
+def _time_wait_on_a_port() -> int:
+    """A port whose server closed a connection first and then stopped: the closed
+    connection stays in TIME_WAIT on that port for up to a minute."""
+    with socket.socket() as server:
+        # as every server of the stack does (gunicorn, aiohttp, the JVM, Go)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: it is the one left in TIME_WAIT
+        client.recv(1)  # sees the close
+        client.close()
+    return port
+
+
+def test_a_port_in_time_wait_is_free_for_the_next_make_run():
+    port = _time_wait_on_a_port()
+    with socket.socket() as plain:  # what the check did: a bind without SO_REUSEADDR
+        try:
+            plain.bind(("127.0.0.1", port))
+        except OSError:
+            pass
+        else:
+            raise AssertionError("no TIME_WAIT on the port: the test proves nothing")
+    assert port_free(port)
+
+
+def test_a_port_something_listens_on_is_in_use():
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert not port_free(server.getsockname()[1])
