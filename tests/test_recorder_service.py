@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from devstack.emulators import free_port, wait_until
+from devstack.emulators import wait_until
 from integrations.firebase import firestore_client
+from tests.helpers import storage_down
 
 RECORDING_SECONDS = 5.0
 
@@ -339,10 +340,7 @@ def test_idle_auto_stop_is_for_agora_sessions_nobody_is_in(tmp_path, monkeypatch
 
 
 def test_storage_down_at_stop_keeps_the_files_and_the_next_start_stores_them(start_recorder):
-    dead = f"http://127.0.0.1:{free_port()}"
-    recorder = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
-                              STORAGE_UPLOAD_TIMEOUT_SECONDS="2",
-                              DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    recorder = start_recorder(**storage_down())
     status, started = recorder.call("POST", "/sessions", {"channel": "group1_alice_bob_1",
                                                           "source": "tone:440"})
     assert status == 201, started
