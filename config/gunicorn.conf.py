@@ -21,6 +21,12 @@ preload_app = True
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# nginx's limits are the tighter ones (nginx.conf `large_client_header_buffers 4 8k`), so a
+# client hears nginx's JSON error, never gunicorn's HTML one: gunicorn's own request-line,
+# header-size and header-count limits sit above what nginx lets through.
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 1000
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 proc_name = "memharbor"
 # gunicorn 27's control socket would be one more thing left behind in $HOME.
