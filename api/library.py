@@ -12,6 +12,7 @@ from ninja.responses import Status
 from pydantic import Field, StringConstraints, model_validator
 
 from api import delivery
+from api.audit import audit
 from api.auth import ops_or_admin_auth, user_auth
 from api.calls import CallId
 from library import admin, lookups, retries, uploads
@@ -86,6 +87,7 @@ class FileIn(Schema):
 def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
     media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
+    audit(request, "stream", recording_id, detail={"file": params.file})
     return delivery.media_response(request, media, attachment=False)
 
 
@@ -93,14 +95,17 @@ def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn
 def download(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
     media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
+    audit(request, "download", recording_id, detail={"file": params.file})
     return delivery.media_response(request, media, attachment=True)
 
 
 @recordings_router.post("/{recording_id}/retry-upload", response={200: dict, 202: dict},
                         summary="Retry a failed recording (admin or a participant)")
 def retry_upload(request: HttpRequest, recording_id: RecordingId):
-    return Status(*retries.recording_retry(principal=request.principal,
-                                            recording_id=recording_id))
+    status, answer = retries.recording_retry(principal=request.principal,
+                                             recording_id=recording_id)
+    audit(request, "retry", recording_id, detail={"status": answer.get("status")})
+    return Status(status, answer)
 
 
 @calls_router.get("/{call_id}/has-recording", summary="Does this call have a recording?")

@@ -125,6 +125,16 @@ FILE_UPLOAD_TEMP_DIR = str(RECORDING_UPLOADS_DIR / ".incoming")
 RECORDING_UPLOAD_AUTO_RETRIES = env.int("RECORDING_UPLOAD_AUTO_RETRIES", default=5)
 # An upload still pending/uploading after this long was interrupted (a worker died).
 RECORDING_UPLOAD_STALE_SECONDS = env.int("RECORDING_UPLOAD_STALE_SECONDS", default=1800)
+# The sweep deletes recordings recorded longer ago than this many days (0: keep forever).
+RECORDING_RETENTION_DAYS = env.int("RECORDING_RETENTION_DAYS", default=0)
+# auditLog/{id} documents carry expireAt this far ahead (for a Firestore TTL policy).
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+
+# The ops console (/ops/): a signed-cookie session, no SQL database.
+CONSOLE_SESSION_HOURS = env.int("CONSOLE_SESSION_HOURS", default=8)
+# Failed sign-ins per client IP within CONSOLE_SIGNIN_WINDOW_SECONDS before 429 (in-process).
+CONSOLE_SIGNIN_MAX_FAILURES = env.int("CONSOLE_SIGNIN_MAX_FAILURES", default=5)
+CONSOLE_SIGNIN_WINDOW_SECONDS = env.int("CONSOLE_SIGNIN_WINDOW_SECONDS", default=300)
 
 # Recorder service (python -m recorder)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")

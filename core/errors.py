@@ -129,11 +129,29 @@ class SourceMissing(Conflict):
     code = "source_missing"
 
 
-# --- 413 / 5xx ------------------------------------------------------------------------------
+# --- 410 ----------------------------------------------------------------------------------
+
+class Gone(AppError):
+    status = 410
+    code = "gone"
+
+
+class RecordingDeleted(Gone):
+    code = "recording_deleted"
+    message = "This recording was deleted."
+
+
+# --- 413 / 429 / 5xx ------------------------------------------------------------------------------
 
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyAttempts(AppError):
+    status = 429
+    code = "too_many_attempts"
+    message = "Too many failed attempts; wait a few minutes and try again."
 
 
 class ServiceUnavailable(AppError):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from core.errors import ValidationFailed
 from library.lookups import _iso_bound, _when
 from recordings import store
-from recordings.states import STATUSES
+from recordings.states import LIVE_STATUSES, STATUSES
 
 
 def _day_or_time(value: str, *, end: bool) -> str:
@@ -44,6 +44,8 @@ def recordings_admin_list(*, date_from: str | None, date_to: str | None,
             filters.append((field, "==", value))
     if user_id:
         filters.append(("participants", "array_contains", user_id))
+    if not status:  # deleted recordings are listed only when asked for by status
+        filters.append(("status", "in", list(LIVE_STATUSES)))
     try:
         page = store.recordings_page(filters, limit=limit, page_token=page_token)
     except store.BadPageToken:
@@ -65,7 +67,7 @@ def recordings_upload_status(*, source: str | None = None) -> dict:
         found = store.recordings_find([("source", "==", "upload"), ("status", "==", "completed")],
                                       newest="uploadedAt")
         last = found[0] if found else None
-    return {**counts, "total": sum(counts.values()),
+    return {**counts, "total": sum(counts[status] for status in LIVE_STATUSES),
             "lastUpload": last.get("uploadedAt") if last else None,
             "lastUploadId": last["recordingId"] if last else None,
             "storageUsed": store.recordings_sum(base, "storedBytes")}

@@ -1,0 +1,43 @@
+"""Human reviews of a call (POST /api/calls/<call_id>/review)."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja import Router, Schema
+from pydantic import AliasChoices, Field
+
+from api.audit import audit
+from api.auth import user_auth
+from api.calls import CallId, call_public
+from calls.reviews import call_review
+
+router = Router(tags=["reviews"], auth=user_auth)
+
+
+class ReviewIn(Schema):
+    humanSummary: str | None = Field(
+        None, validation_alias=AliasChoices("humanSummary", "human_summary"),
+        description="at most 2000 characters")
+    humanKeywords: list[str] | None = Field(
+        None, validation_alias=AliasChoices("humanKeywords", "human_keywords"),
+        description="at most 20 keywords of at most 50 characters")
+    humanNotes: str | None = Field(
+        None, validation_alias=AliasChoices("humanNotes", "human_notes"),
+        description="at most 5000 characters")
+
+
+def review_answer(review: dict, call: dict) -> dict:
+    fields = ("humanSummary", "humanKeywords", "humanNotes", "reviewCount", "lastReviewAt")
+    public = call_public(call)
+    return {"success": True, "callId": call["callId"], "reviewId": review["reviewId"],
+            "changed": sorted(review["changes"]), **{key: public.get(key) for key in fields}}
+
+
+@router.post("/{call_id}/review", summary="Review a call (a participant or an admin)")
+def review(request: HttpRequest, call_id: CallId, payload: ReviewIn):
+    kept, call = call_review(principal=request.principal, call_id=call_id,
+                             summary=payload.humanSummary, keywords=payload.humanKeywords,
+                             notes=payload.humanNotes)
+    audit(request, "review", call_id, detail={"reviewId": kept["reviewId"],
+                                              "changed": sorted(kept["changes"])})
+    return review_answer(kept, call)
