@@ -87,7 +87,8 @@ class FileIn(Schema):
 def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
     media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
-    audit(request, "stream", recording_id, detail={"file": params.file})
+    if delivery.playback_start(request):
+        audit(request, "stream", recording_id, detail={"file": params.file})
     return delivery.media_response(request, media, attachment=False)
 
 

@@ -191,6 +191,7 @@ if not SECRET_KEY:
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
     "django.contrib.staticfiles",
     "ninja",
     "config.apps.MemharborConfig",
@@ -203,7 +204,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "api.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",  # the OpenAPI docs' own assets
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the OpenAPI docs' and the console's assets
+    "django.contrib.sessions.middleware.SessionMiddleware",  # the console's only
     "django.middleware.common.CommonMiddleware",
     "api.middleware.JsonErrorMiddleware",
 ]
@@ -218,14 +220,32 @@ DATABASES = {}
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "api" / "console" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
     }
 ]
 
 STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "api" / "console" / "static"]
 # Serve straight from the apps' static folders: no collectstatic step to forget.
 WHITENOISE_USE_FINDERS = True
+
+# The console's session lives in a signed cookie (there is no SQL database), sent to /ops/
+# only; CSRF protects every console form (the API is token-based and exempt).
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+SESSION_COOKIE_NAME = "memharbor_console"
+SESSION_COOKIE_PATH = "/ops/"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Strict"
+SESSION_COOKIE_SECURE = env.bool("CONSOLE_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_AGE = CONSOLE_SESSION_HOURS * 3600
+CSRF_COOKIE_NAME = "memharbor_csrf"
+CSRF_COOKIE_PATH = "/ops/"
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Strict"
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"

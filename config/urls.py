@@ -1,8 +1,8 @@
-from django.urls import path
+from django.urls import include, path
 
 from api.main import api
 
-urlpatterns = [path("api/", api.urls)]
+urlpatterns = [path("api/", api.urls), path("ops/", include("api.console.urls"))]
 
 handler404 = "api.errors.django_not_found"
 handler500 = "api.errors.django_server_error"
