@@ -231,3 +231,12 @@ def test_no_app_can_read_or_write_the_access_log():
     assert _as("alice", "GET", "auditLog/e1") == 403
     assert _as("alice", "PATCH", "auditLog/e2", {"uid": "alice"}) == 403
     assert _as(None, "GET", "auditLog/e1") == 403
+
+
+def test_apps_cannot_read_or_write_reviews_even_of_their_own_calls(as_user):
+    call_id = invite(as_user)["callId"]
+    as_user("alice").post(f"/api/calls/{call_id}/review", {"humanNotes": "private"})
+    review_id = _reviews(call_id)[0]["reviewId"]
+    assert _as("alice", "GET", f"calls/{call_id}") == 200  # the call itself, yes
+    assert _as("alice", "GET", f"calls/{call_id}/reviews/{review_id}") == 403
+    assert _as("alice", "PATCH", f"calls/{call_id}/reviews/x", {"by": "alice"}) == 403

@@ -9,6 +9,28 @@
     return td;
   }
 
+  // ISO 8601 times become short local ones; the exact value stays in `datetime`.
+  var ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/;
+  function localTime(el) {
+    var text = el.getAttribute("datetime") || el.textContent.trim();
+    if (!ISO.test(text)) return;
+    var when = new Date(text);
+    if (isNaN(when)) return;
+    el.setAttribute("datetime", text);
+    el.title = text;
+    var today = new Date().toDateString() === when.toDateString();
+    el.textContent = today ? when.toLocaleTimeString() : when.toLocaleString();
+  }
+
+  function timeCell(iso) {
+    var td = document.createElement("td");
+    var el = document.createElement("time");
+    el.textContent = iso || "";
+    localTime(el);
+    td.appendChild(el);
+    return td;
+  }
+
   function activeRow(call, base) {
     var tr = document.createElement("tr");
     tr.dataset.callId = call.callId;
@@ -25,7 +47,7 @@
     who.appendChild(link);
     tr.appendChild(who);
     tr.appendChild(cell(call.groupId));
-    tr.appendChild(cell(call.answeredAt || call.createdAt));
+    tr.appendChild(timeCell(call.answeredAt || call.createdAt));
     tr.appendChild(cell((call.inChannel || []).join(", ")));
     return tr;
   }
@@ -45,7 +67,8 @@
     state.active.forEach(function (call) { body.appendChild(activeRow(call, base)); });
     var set = function (id, value) { var el = document.getElementById(id); if (el) el.textContent = value; };
     set("active-count", state.active.length);
-    set("updated", state.at);
+    var updated = document.getElementById("updated");
+    if (updated) { updated.removeAttribute("datetime"); updated.textContent = state.at; localTime(updated); }
     set("today-total", state.today.total);
     Object.keys(state.today.byStatus).forEach(function (status) {
       var dd = document.querySelector('#today-status dd[data-key="' + status + '"]');
@@ -90,6 +113,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("time").forEach(localTime);
     var table = document.getElementById("active");
     if (table && table.dataset.poll) pollNow(table);
     document.querySelectorAll("form[data-confirm]").forEach(function (form) {
