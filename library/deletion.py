@@ -20,6 +20,7 @@ from core.clock import iso, utc_now
 from core.errors import Forbidden, RecordingNotReady
 from core.principal import Principal
 from integrations.firebase import firestore_client
+from library.uploads import _kept_file
 from media import storage
 from recordings import store
 from recordings.access import access_recording
@@ -76,6 +77,9 @@ def _purge(recording: dict, *, now: datetime) -> dict:
         store.recording_update(recording_id, {"deleteError": exc.code,
                                               "updatedAt": iso(now)})
         return {**recording, "deleteError": exc.code}
+    kept = _kept_file(recording) if recording.get("source") == "upload" else None
+    if kept is not None:  # a failed upload's original waiting on this server's disk
+        kept.unlink(missing_ok=True)
     done = store.recording_move(recording_id, "purge", {
         "deletedAt": iso(now), "updatedAt": iso(now), "storagePath": None,
         "originalPath": None, "url": None, "storedBytes": 0, "deleteError": None})

@@ -16,7 +16,7 @@ from ops.sweep import sweep_run
 from tests import test_library
 from tests.test_calls import error_of, invite, stored
 from tests.test_firestore_rules import _as
-from tests.test_library import document, objects, upload
+from tests.test_library import document, leftovers, objects, upload
 
 # The library tests' fixtures: a call between alice and bob, alice's headers, the media.
 alice, call, media = test_library.alice, test_library.call, test_library.media
@@ -154,6 +154,25 @@ def test_a_storage_failure_leaves_it_deleting_unserved_and_the_sweep_finishes_it
     assert report.parts["deletions"] == {"finished": 1, "stillDeleting": 0}
     assert document(recording_id)["status"] == "deleted"
     assert objects() == {}
+
+
+def test_deleting_a_failed_upload_removes_the_original_kept_on_disk(
+        start_server, securetoken, client, call, media):
+    dead = f"http://127.0.0.1:{free_port()}"
+    base = start_server(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
+                        STORAGE_UPLOAD_TIMEOUT_SECONDS="1", STORAGE_REQUEST_TIMEOUT_SECONDS="1",
+                        DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    with media["ogg"].open("rb") as file:
+        failed = requests.post(f"{base}/api/recordings/upload",
+                               headers={"Authorization": f"Bearer {securetoken.mint('alice')}"},
+                               files={"recording": ("call.ogg", file, "audio/ogg")},
+                               data={"call_id": call["callId"]}, timeout=60).json()
+    assert failed["status"] == "failed"
+    assert leftovers() == [f"{failed['recordingId']}.ogg"]
+    response = client.delete(f"/api/recordings/{failed['recordingId']}",
+                             headers={"Authorization": f"Bearer {securetoken.mint('bob')}"})
+    assert response.status_code == 200 and response.json()["status"] == "deleted"
+    assert leftovers() == [] and objects() == {}
 
 
 def test_deleting_a_users_recordings_takes_every_call_and_their_analysis_jobs(
