@@ -9,9 +9,10 @@ from ops.audit import audit_record
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """Cloudflare's CF-Connecting-IP, else the first X-Forwarded-For hop (nginx sets it to
-    the real client address), else the peer."""
-    for header in ("CF-Connecting-IP", "X-Forwarded-For"):
+    """X-Forwarded-For as nginx sets it (one value: the client address it resolved from
+    CF-Connecting-IP of a trusted peer; nginx passes a client's own CF-Connecting-IP
+    through unchanged, so it comes second), else CF-Connecting-IP, else the peer."""
+    for header in ("X-Forwarded-For", "CF-Connecting-IP"):
         value = request.headers.get(header, "").split(",")[0].strip()
         if value:
             return value[:64]

@@ -229,17 +229,20 @@ def test_streams_downloads_and_retries_are_logged_with_who_where_and_expiry(
     recording_id = upload(client, alice, call["callId"], media["m4a"]).json()["recordingId"]
     client.get(f"/api/recordings/{recording_id}/stream", headers={
         **alice, "CF-Connecting-IP": "198.51.100.4", "X-Request-ID": "req-stream-0001"})
-    client.get(f"/api/recordings/{recording_id}/download?file=original", headers=alice)
+    client.get(f"/api/recordings/{recording_id}/download?file=original", headers={
+        **alice, "X-Forwarded-For": "192.0.2.9", "CF-Connecting-IP": "198.51.100.99"})
+    client.get(f"/api/recordings/{recording_id}/stream", headers={**alice, "Range": "bytes=500-"})
     firestore_client().collection("recordings").document(recording_id).update(
         {"status": "failed", "error": "storage_unavailable"})
     as_user("root", admin=True).post(f"/api/recordings/{recording_id}/retry-upload", {})
 
-    stream, = _entries("stream")
+    stream, = _entries("stream")  # a player's later range requests are not logged again
     assert (stream["uid"], stream["target"], stream["ip"], stream["requestId"]) == (
         "alice", recording_id, "198.51.100.4", "req-stream-0001")
     assert stream["expireAt"] - stream["at"] == timedelta(days=settings.AUDIT_RETENTION_DAYS)
     download, = _entries("download")
-    assert download["detail"] == {"file": "original"} and download["ip"] == "127.0.0.1"
+    # nginx's X-Forwarded-For wins over a CF-Connecting-IP it passed through unchecked.
+    assert download["detail"] == {"file": "original"} and download["ip"] == "192.0.2.9"
     retry, = _entries("retry")
     assert (retry["uid"], retry["target"]) == ("root", recording_id)
 
