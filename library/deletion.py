@@ -178,3 +178,14 @@ def recordings_expire(*, now: datetime | None = None, limit: int = 200) -> dict:
     if any(counts.values()):
         log.info("recordings_expired", days=days, **counts)
     return {"retentionDays": days, **counts}
+
+
+def retention_state(*, now: datetime | None = None) -> dict:
+    """The retention setting and how many recordings are past it (a count aggregation)."""
+    days = settings.RECORDING_RETENTION_DAYS
+    if days <= 0:
+        return {"retentionDays": 0, "due": 0}
+    cutoff = iso((now or utc_now()) - timedelta(days=days))
+    statuses = sorted(_DELETABLE - {Status.DELETING.value})
+    return {"retentionDays": days, "cutoff": cutoff, "due": store.recordings_count(
+        [("status", "in", statuses), ("recordedAt", "<", cutoff)])}

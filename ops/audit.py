@@ -19,7 +19,7 @@ from integrations.firebase import firestore_client
 
 AUDIT_LOG = "auditLog"
 ACTIONS = ("stream", "download", "delete", "delete_user_recordings", "review", "retry",
-           "console_sign_in", "console_sign_in_failed", "console_sign_out")
+           "console_sign_in", "console_sign_in_failed", "console_sign_out", "sweep")
 
 log = structlog.get_logger("ops.audit")
 

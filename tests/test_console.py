@@ -117,6 +117,29 @@ def test_every_page_renders_for_a_signed_in_admin(as_user):
     assert client.get("/static/console/console.js").status_code == 200
 
 
+def test_the_console_shows_retention_and_runs_the_sweep(settings, client, bearer, as_user,
+                                                        media):
+    from datetime import timedelta
+
+    from core.clock import iso, utc_now
+    call_id = invite(as_user)["callId"]
+    old = upload(client, bearer("alice"), call_id, media["m4a"]).json()["recordingId"]
+    firestore_client().collection("recordings").document(old).update(
+        {"recordedAt": iso(utc_now() - timedelta(days=40))})
+    console = _signed_in(Client())
+    assert "kept forever" in console.get("/ops/").content.decode()
+    settings.RECORDING_RETENTION_DAYS = 30
+    now_page = console.get("/ops/").content.decode()
+    assert "30 days: <strong>1</strong> recording past it" in now_page
+    report = console.post("/ops/sweep")
+    assert report.status_code == 200
+    assert report.context["parts"]["retention"] == {"retentionDays": 30, "deleted": 1,
+                                                    "deleting": 0}
+    assert document(old)["status"] == "deleted"
+    entry, = _entries("sweep")
+    assert entry["uid"] == "ops"
+
+
 # --- in a real browser against gunicorn -------------------------------------------------------
 
 def png_colours(data: bytes, *, enough: int = 8) -> int:

@@ -21,4 +21,5 @@ urlpatterns = [
     path("recordings/<str:recording_id>/retry", views.recording_retry, name="retry"),
     path("recordings/<str:recording_id>/delete", views.recording_delete, name="delete"),
     path("audit", views.access_log, name="audit"),
+    path("sweep", views.sweep, name="sweep"),
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -36,6 +37,7 @@ from core.errors import AppError, ValidationFailed
 from library import admin, deletion, lookups, retries
 from library.analysis_jobs import analysis_counts, analysis_transcript, recording_analysis
 from ops.audit import ACTIONS, audit_entries
+from ops.sweep import sweep_run
 from recordings import store as recording_store
 from recordings.states import STATUSES
 
@@ -143,7 +145,17 @@ def now(request: HttpRequest):
     except Exception as exc:  # the feature may not be deployed: say so, do not fail
         analysis = {"error": type(exc).__name__}
     return _page(request, "now.html", {"state": state, "library": library,
-                                       "analysis": analysis, "health": readiness()})
+                                       "analysis": analysis, "health": readiness(),
+                                       "retention": deletion.retention_state()})
+
+
+@csrf_protect
+@require_POST
+@console_page
+def sweep(request: HttpRequest):
+    report = sweep_run(timeout_seconds=settings.CALL_RING_TIMEOUT_SECONDS)
+    audit(request, "sweep", None, detail={"failed": report.failed})
+    return _page(request, "sweep.html", {"parts": report.parts, "failed": report.failed})
 
 
 @require_GET
