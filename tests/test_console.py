@@ -115,6 +115,8 @@ def test_every_page_renders_for_a_signed_in_admin(as_user):
     assert call_id not in client.get("/ops/calls?user=carol").content.decode()
     assert client.get("/ops/calls/nope").status_code == 404
     assert client.get("/static/console/console.js").status_code == 200
+    csp = client.get("/ops/")["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
 
 
 def test_the_console_shows_retention_and_runs_the_sweep(settings, client, bearer, as_user,
@@ -255,14 +257,14 @@ def test_the_now_page_shows_a_call_while_it_rings_and_drops_it_when_it_ends(cons
     page.shot("now-ringing")
     as_user("bob").post("/api/call/answer", {"call_id": call_id, "action": "accept"})
     page.wait_for_function(
-        f"""document.querySelector('#active tr[data-call-id="{call_id}"] .st')
-            ?.textContent === 'accepted'""", timeout=WAIT_MS)
+        """id => document.querySelector(`#active tr[data-call-id="${id}"] .st`)
+            ?.textContent === 'accepted'""", arg=call_id, timeout=WAIT_MS)
     as_user("alice").post("/api/call/end", {"call_id": call_id})
     row.wait_for(state="detached")
     assert page.evaluate("window.notReloaded") is True
     assert page.locator("#active tr.empty").is_visible()
     page.wait_for_function(
-        "document.querySelector('#today-status dd[data-key=ended]').textContent === '1'",
+        "() => document.querySelector('#today-status dd[data-key=ended]').textContent === '1'",
         timeout=WAIT_MS)
     page.shot("now-ended")
 

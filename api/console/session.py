@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from functools import wraps
+from urllib.parse import quote
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseRedirect
@@ -97,7 +98,8 @@ def console_page(view):
         if principal is None:
             if request.path.endswith(".json"):
                 return api_error_response(Unauthenticated("Sign in to the console."))
-            return HttpResponseRedirect(f"{reverse('console:sign_in')}?next={request.path}")
+            return HttpResponseRedirect(
+                f"{reverse('console:sign_in')}?next={quote(request.path, safe='/')}")
         request.principal = principal
         return view(request, *args, **kwargs)
 

@@ -42,12 +42,17 @@ from recordings import store as recording_store
 from recordings.states import STATUSES
 
 PAGE = 50
+# Everything the pages use is served by the app; playback may redirect to signed Storage URLs.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "media-src 'self' https:; connect-src 'self'; frame-ancestors 'none'; "
+       "form-action 'self'; base-uri 'none'; object-src 'none'")
 
 
 def _page(request: HttpRequest, template: str, context: dict, status: int = 200):
     response = render(request, f"console/{template}", {
         "principal": getattr(request, "principal", None), **context}, status=status)
     response["Cache-Control"] = "no-store"
+    response["Content-Security-Policy"] = CSP
     return response
 
 
