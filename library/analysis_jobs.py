@@ -22,9 +22,9 @@ def _jobs():
 
 
 def recording_analysis(recording: dict) -> dict | None:
-    """The job the recording names (`analysisJobId`), else any job naming the recording."""
-    if recording.get("analysisJobId"):
-        snap = _jobs().document(recording["analysisJobId"]).get()
+    """The job the recording names (`analysisId`), else any job naming the recording."""
+    if recording.get("analysisId"):
+        snap = _jobs().document(recording["analysisId"]).get()
         if snap.exists:
             return {**snap.to_dict(), "jobId": snap.id}
     query = _jobs().where(filter=firestore.FieldFilter(

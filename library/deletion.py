@@ -36,11 +36,10 @@ _PAGE = 200
 def _analysis_jobs_of(recording: dict) -> dict[str, dict]:
     """The analysis jobs the recording (or its call) names, or that name it: {id: job}."""
     db = firestore_client()
-    ids = set(filter(None, [recording.get("analysisJobId"),
-                            *(recording.get("analysisJobIds") or [])]))
+    ids = {recording["analysisId"]} if recording.get("analysisId") else set()
     call = store.call_read(recording["callId"]) if recording.get("callId") else None
-    if call and call.get("analysisJobId") and call.get("recordingId") == recording["recordingId"]:
-        ids.add(call["analysisJobId"])
+    if call and call.get("analysisId") and call.get("recordingId") == recording["recordingId"]:
+        ids.add(call["analysisId"])
     jobs = {job_id: (db.collection(ANALYSIS_JOBS).document(job_id).get().to_dict() or {})
             for job_id in ids}
     query = db.collection(ANALYSIS_JOBS).where(
