@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field
 from api.audit import audit
 from api.auth import user_auth
 from api.calls import CallId, call_public
+from api.schemas import Out, Timestamp, answers
 from calls.reviews import call_review
 
 router = Router(tags=["reviews"], auth=user_auth)
@@ -26,6 +27,18 @@ class ReviewIn(Schema):
         description="at most 5000 characters")
 
 
+class ReviewOut(Out):
+    success: bool
+    callId: str
+    reviewId: str
+    changed: list[str] = Field(description="The fields this review changed")
+    humanSummary: str | None = None
+    humanKeywords: list[str] | None = None
+    humanNotes: str | None = None
+    reviewCount: int
+    lastReviewAt: Timestamp | None = None
+
+
 def review_answer(review: dict, call: dict) -> dict:
     fields = ("humanSummary", "humanKeywords", "humanNotes", "reviewCount", "lastReviewAt")
     public = call_public(call)
@@ -33,7 +46,8 @@ def review_answer(review: dict, call: dict) -> dict:
             "changed": sorted(review["changes"]), **{key: public.get(key) for key in fields}}
 
 
-@router.post("/{call_id}/review", summary="Review a call (a participant or an admin)")
+@router.post("/{call_id}/review", **answers(ReviewOut, 400, 401, 403, 404, 503),
+             summary="Review a call (a participant or an admin)")
 def review(request: HttpRequest, call_id: CallId, payload: ReviewIn):
     kept, call = call_review(principal=request.principal, call_id=call_id,
                              summary=payload.humanSummary, keywords=payload.humanKeywords,

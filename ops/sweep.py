@@ -7,6 +7,8 @@ keeps calls and recordings honest, each run on its own and reported on its own.
 - recordingsOfEndedCalls: recorder sessions still recording a call that is final stop;
 - recorderRetries: the recorder retries recordings whose upload failed;
 - uploads: interrupted uploads fail, failed ones are retried, abandoned files removed;
+- analysis: completed recordings get jobs (ANALYSIS_AUTO), due jobs are dispatched to the
+  analysis server, jobs without news for ANALYSIS_STALE_SECONDS fail.
 - deletions: recordings left `deleting` by a Storage failure are finished;
 - retention: recordings older than `RECORDING_RETENTION_DAYS` (0: never) are deleted.
 
@@ -20,6 +22,7 @@ from datetime import datetime
 
 import structlog
 
+from analysis.services import analysis_sweep
 from calls.services import calls_settle_expired, calls_settle_presence
 from core.clock import utc_now
 from core.errors import AppError
@@ -64,6 +67,7 @@ def sweep_run(*, timeout_seconds: int, now: datetime | None = None) -> SweepRepo
         "recordingsOfEndedCalls": _run("recordingsOfEndedCalls", recordings_stop_of_final_calls),
         "recorderRetries": _run("recorderRetries", recordings_retry_failed),
         "uploads": _run("uploads", lambda: uploads_retry_due(now=now)),
+        "analysis": _run("analysis", lambda: analysis_sweep(now=now)),
         "deletions": _run("deletions", lambda: deletions_finish(now=now)),
         "retention": _run("retention", lambda: recordings_expire(now=now)),
     }

@@ -53,6 +53,7 @@ def _page(request: HttpRequest, template: str, context: dict, status: int = 200)
         "principal": getattr(request, "principal", None), **context}, status=status)
     response["Cache-Control"] = "no-store"
     response["Content-Security-Policy"] = CSP
+    response.console_page = True  # HTML on purpose, errors too (api.middleware)
     return response
 
 
