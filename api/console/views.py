@@ -147,7 +147,7 @@ def now(request: HttpRequest):
     except AppError as exc:
         library = {"error": exc.code}
     try:
-        analysis = analysis_counts()
+        analysis = analysis_counts(("queued", "processing", "failed"))
     except Exception as exc:  # the feature may not be deployed: say so, do not fail
         analysis = {"error": type(exc).__name__}
     return _page(request, "now.html", {"state": state, "library": library,
