@@ -11,6 +11,7 @@ from ninja.parser import Parser
 
 from api import errors
 from api.analysis import analysis_router, analyze_router
+from api.auth import docs_access
 from api.calls import router as call_router
 from api.deletion import recordings_router as deletion_recordings_router
 from api.deletion import users_router as deletion_users_router
@@ -41,6 +42,7 @@ api = NinjaAPI(
     version="1",
     description="Agora tokens, calls, pushes and recordings for Memharbor's mobile apps.",
     urls_namespace="api",
+    docs_decorator=docs_access,
 )
 
 api.add_router("/health", health_router)
