@@ -75,6 +75,13 @@ def _principal_from_id_token(token: str) -> Principal:
     return Principal(uid=claims["uid"], admin=claims.get("admin") is True, claims=claims)
 
 
+def principal_from_id_token(token: str) -> Principal:
+    """The user of a Firebase ID token (or a dev token in dev mode); raises 401."""
+    if token.startswith("dev:"):
+        return _principal_from_dev_token(token)
+    return _principal_from_id_token(token)
+
+
 def principal_from_bearer(request: HttpRequest) -> Principal:
     """The caller named by the Authorization header; raises 401 with the reason."""
     header = request.headers.get("Authorization", "")

@@ -86,6 +86,13 @@ def byte_ranges(header: str | None, size: int) -> list[ByteRange] | None:
     return merged if len(merged) <= MAX_RANGES else None
 
 
+def playback_start(request: HttpRequest) -> bool:
+    """Whether this request starts a playback (no Range, or one from byte 0), not one of
+    the many range requests a player makes while it plays: the access log counts these."""
+    header = (request.headers.get("Range") or "").replace(" ", "")
+    return not header or header.startswith("bytes=0-")
+
+
 def media_response(request: HttpRequest, media: MediaFile, *, attachment: bool,
                    bucket=None) -> HttpResponse:
     """The answer to GET /stream (inline) or /download (attachment) for `media`."""

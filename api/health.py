@@ -60,10 +60,8 @@ def live(request: HttpRequest):
     return {"status": "ok"}
 
 
-@router.get("", auth=None, response={200: HealthOut, 503: HealthOut},
-            summary="Readiness: Firestore, Storage, recorder")
-def health(request: HttpRequest):
-    # 503 only without Firestore: the API still works without Storage or the recorder.
+def readiness() -> dict:
+    """Each dependency's state and latency, and the overall `status` (ok, degraded, down)."""
     firestore_future = _pool.submit(_probe, _firestore_check)
     storage_future = _pool.submit(_probe, _storage_check)
     recorder_future = (_pool.submit(_probe, _recorder_check)
@@ -76,7 +74,14 @@ def health(request: HttpRequest):
         status = "degraded"
     else:
         status = "ok"
-    body = {"status": status, "firestore": firestore, "storage": storage, "recorder": recorder,
+    return {"status": status, "firestore": firestore, "storage": storage, "recorder": recorder,
             # the app uploads not yet in Storage (the recorder reports its own directory)
             "disk": disk_usage(settings.RECORDING_UPLOADS_DIR, recursive=True)}
-    return JsonResponse(body, status=503 if status == "down" else 200)
+
+
+@router.get("", auth=None, response={200: HealthOut, 503: HealthOut},
+            summary="Readiness: Firestore, Storage, recorder")
+def health(request: HttpRequest):
+    # 503 only without Firestore: the API still works without Storage or the recorder.
+    body = readiness()
+    return JsonResponse(body, status=503 if body["status"] == "down" else 200)

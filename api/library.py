@@ -12,6 +12,7 @@ from ninja.responses import Status
 from pydantic import Field, StringConstraints, model_validator
 
 from api import delivery
+from api.audit import audit
 from api.auth import ops_or_admin_auth, user_auth
 from api.calls import CallId
 from api.schemas import (
@@ -36,7 +37,7 @@ Uid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,128}$")]
 RecordingStatus = Literal[STATUSES]  # type: ignore[valid-type]
 Source = Literal["recorder", "upload"]
 # 409 recording_not_ready (not completed yet); 416 when no range overlaps the file.
-_MEDIA_ERRORS = (400, 401, 403, 404, 409, 416, 503)
+_MEDIA_ERRORS = (400, 401, 403, 404, 409, 410, 416, 503)
 
 
 class UploadIn(Schema):
@@ -101,6 +102,8 @@ class FileIn(Schema):
 def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
     media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
+    if delivery.playback_start(request):
+        audit(request, "stream", recording_id, detail={"file": params.file})
     return delivery.media_response(request, media, attachment=False)
 
 
@@ -110,6 +113,7 @@ def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn
 def download(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
     media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
+    audit(request, "download", recording_id, detail={"file": params.file})
     return delivery.media_response(request, media, attachment=True)
 
 
@@ -118,8 +122,10 @@ def download(request: HttpRequest, recording_id: RecordingId, params: Query[File
                                   502, 503),
                         summary="Retry a failed recording (admin or a participant)")
 def retry_upload(request: HttpRequest, recording_id: RecordingId):
-    return Status(*retries.recording_retry(principal=request.principal,
-                                            recording_id=recording_id))
+    status, answer = retries.recording_retry(principal=request.principal,
+                                             recording_id=recording_id)
+    audit(request, "retry", recording_id, detail={"status": answer.get("status")})
+    return Status(status, answer)
 
 
 @calls_router.get("/{call_id}/has-recording",

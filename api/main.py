@@ -13,9 +13,12 @@ from api import errors
 from api.analysis import analysis_router, analyze_router
 from api.auth import docs_access
 from api.calls import router as call_router
+from api.deletion import recordings_router as deletion_recordings_router
+from api.deletion import users_router as deletion_users_router
 from api.health import router as health_router
 from api.library import admin_router, calls_router, recordings_router, users_router
 from api.recordings import router as recording_router
+from api.reviews import router as review_router
 from api.tokens import router as token_router
 from api.webhooks import router as webhooks_router
 from core.errors import AppError, MalformedJson, NotFound, Unauthenticated, UnsupportedMediaType
@@ -52,6 +55,9 @@ api.add_router("/analysis", analysis_router)
 api.add_router("/calls", calls_router)
 api.add_router("/users", users_router)
 api.add_router("/admin", admin_router)
+api.add_router("/calls", review_router)
+api.add_router("/recordings", deletion_recordings_router)
+api.add_router("/users", deletion_users_router)
 api.add_router("/webhooks", webhooks_router)
 
 

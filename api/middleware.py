@@ -81,7 +81,8 @@ class RequestLogMiddleware:
 
 class JsonErrorMiddleware:
     """Turns Django's and ninja's plain-text and HTML errors (404, 405, a refused Host, dev
-    mode's debug pages, ...) into JSON, on every path: this server answers nothing else."""
+    mode's debug pages, ...) into JSON, on every path: this server answers nothing else
+    but the console's own pages (marked `console_page`), which are HTML on purpose."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -92,7 +93,7 @@ class JsonErrorMiddleware:
         except DisallowedHost:
             return api_error_response(HostNotServed())
         response = self.get_response(request)
-        if response.status_code < 400:
+        if response.status_code < 400 or getattr(response, "console_page", False):
             return response
         if response.get("Content-Type", "").startswith("application/json"):
             return response

@@ -121,8 +121,10 @@ _ERROR_DESCRIPTIONS = {
          "busy (with `callId` of the call holding the line), idempotency_key_reused, "
          "recording_not_ready / not_failed (with `status`), source_missing, uid_taken",
     411: "length_required: send the upload with a Content-Length",
-    410: "Gone: the analysis job is final, its audio URL no longer works",
+    410: "Gone: recording_deleted (the recording was deleted or is being deleted); "
+         "analysis_finished (the analysis job is final, its audio URL no longer works)",
     413: "payload_too_large, recording_too_large",
+    429: "too_many_attempts",
     416: "range_not_satisfiable (`Content-Range: bytes */<size>`)",
     500: "internal_error, with `requestId`",
     502: "The recorder failed: its own code (start_failed, agora_join_timeout, "

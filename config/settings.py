@@ -129,6 +129,16 @@ FILE_UPLOAD_TEMP_DIR = str(RECORDING_UPLOADS_DIR / ".incoming")
 RECORDING_UPLOAD_AUTO_RETRIES = env.int("RECORDING_UPLOAD_AUTO_RETRIES", default=5)
 # An upload still pending/uploading after this long was interrupted (a worker died).
 RECORDING_UPLOAD_STALE_SECONDS = env.int("RECORDING_UPLOAD_STALE_SECONDS", default=1800)
+# The sweep deletes recordings recorded longer ago than this many days (0: keep forever).
+RECORDING_RETENTION_DAYS = env.int("RECORDING_RETENTION_DAYS", default=0)
+# auditLog/{id} documents carry expireAt this far ahead (for a Firestore TTL policy).
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+
+# The ops console (/ops/): a signed-cookie session, no SQL database.
+CONSOLE_SESSION_HOURS = env.int("CONSOLE_SESSION_HOURS", default=8)
+# Failed sign-ins per client IP within CONSOLE_SIGNIN_WINDOW_SECONDS before 429 (in-process).
+CONSOLE_SIGNIN_MAX_FAILURES = env.int("CONSOLE_SIGNIN_MAX_FAILURES", default=5)
+CONSOLE_SIGNIN_WINDOW_SECONDS = env.int("CONSOLE_SIGNIN_WINDOW_SECONDS", default=300)
 
 # Recorder service (python -m recorder)
 RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")
@@ -222,6 +232,7 @@ if ANALYSIS_SERVER_URL and not (ANALYSIS_WEBHOOK_SECRET and ANALYSIS_CALLBACK_BA
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
     "django.contrib.staticfiles",
     "ninja",
     "config.apps.MemharborConfig",
@@ -237,7 +248,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Before CommonMiddleware: a refused Host and dev mode's debug pages answer JSON too.
     "api.middleware.JsonErrorMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",  # the OpenAPI docs' own assets
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the OpenAPI docs' and the console's assets
+    "django.contrib.sessions.middleware.SessionMiddleware",  # the console's only
     "django.middleware.common.CommonMiddleware",
 ]
 
@@ -251,14 +263,32 @@ DATABASES = {}
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "api" / "console" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
     }
 ]
 
 STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "api" / "console" / "static"]
 # Serve straight from the apps' static folders: no collectstatic step to forget.
 WHITENOISE_USE_FINDERS = True
+
+# The console's session lives in a signed cookie (there is no SQL database), sent to /ops/
+# only; CSRF protects every console form (the API is token-based and exempt).
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+SESSION_COOKIE_NAME = "memharbor_console"
+SESSION_COOKIE_PATH = "/ops/"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Strict"
+SESSION_COOKIE_SECURE = env.bool("CONSOLE_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_AGE = CONSOLE_SESSION_HOURS * 3600
+CSRF_COOKIE_NAME = "memharbor_csrf"
+CSRF_COOKIE_PATH = "/ops/"
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Strict"
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"

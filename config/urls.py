@@ -1,8 +1,8 @@
-from django.urls import path
+from django.urls import include, path
 
 from api.main import api
 
-urlpatterns = [path("api/", api.urls)]
+urlpatterns = [path("api/", api.urls), path("ops/", include("api.console.urls"))]
 
 handler400 = "api.errors.django_bad_request"
 handler403 = "api.errors.django_forbidden"

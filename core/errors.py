@@ -157,13 +157,22 @@ class SourceMissing(Conflict):
 
 # --- 410 ------------------------------------------------------------------------------------
 
-class AnalysisFinished(AppError):
+class Gone(AppError):
     status = 410
+    code = "gone"
+
+
+class RecordingDeleted(Gone):
+    code = "recording_deleted"
+    message = "This recording was deleted."
+
+
+class AnalysisFinished(Gone):
     code = "analysis_finished"
     message = "The analysis job is finished; its audio URL no longer works."
 
 
-# --- 411 / 413 / 415 / 5xx ----------------------------------------------------------------
+# --- 411 / 413 / 415 / 429 / 5xx ----------------------------------------------------------
 
 class LengthRequired(AppError):
     status = 411
@@ -179,6 +188,12 @@ class PayloadTooLarge(AppError):
 class UnsupportedMediaType(AppError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyAttempts(AppError):
+    status = 429
+    code = "too_many_attempts"
+    message = "Too many failed attempts; wait a few minutes and try again."
 
 
 class ServiceUnavailable(AppError):

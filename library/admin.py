@@ -6,7 +6,7 @@ from __future__ import annotations
 from core.errors import ValidationFailed
 from library.times import day_or_time_bound
 from recordings import store
-from recordings.states import STATUSES
+from recordings.states import LIVE_STATUSES, STATUSES
 
 _LISTED = ("recordingId", "callId", "sid", "channel", "groupId", "user1", "user2",
            "participants", "source", "status", "error", "retryCount", "duration", "fileSize",
@@ -34,6 +34,8 @@ def recordings_admin_list(*, date_from: str | None, date_to: str | None,
             filters.append((field, "==", value))
     if user_id:
         filters.append(("participants", "array_contains", user_id))
+    if not status:  # deleted recordings are listed only when asked for by status
+        filters.append(("status", "in", list(LIVE_STATUSES)))
     try:
         page = store.recordings_page(filters, limit=limit, page_token=page_token)
     except store.BadPageToken:
@@ -55,7 +57,7 @@ def recordings_upload_status(*, source: str | None = None) -> dict:
         found = store.recordings_find([("source", "==", "upload"), ("status", "==", "completed")],
                                       newest="uploadedAt")
         last = found[0] if found else None
-    return {**counts, "total": sum(counts.values()),
+    return {**counts, "total": sum(counts[status] for status in LIVE_STATUSES),
             "lastUpload": last.get("uploadedAt") if last else None,
             "lastUploadId": last["recordingId"] if last else None,
             "storageUsed": store.recordings_sum(base, "storedBytes")}

@@ -8,12 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from calls.access import access_call
-from core.errors import NotFound, RecordingNotReady
+from core.errors import NotFound, RecordingDeleted, RecordingNotReady
 from core.principal import Principal
 from library.times import window_bounds
 from recordings import store
 from recordings.access import access_recording
 from recordings.documents import pair_key
+from recordings.states import GONE, LIVE_STATUSES
 
 MATCH_WINDOW = timedelta(minutes=2)  # check-exists by channel + timestamp
 
@@ -36,6 +37,7 @@ def recording_check_exists(*, principal: Principal, call_id: str | None, sha256:
             if timestamp:
                 first, after = window_bounds(timestamp, field="timestamp", around=MATCH_WINDOW)
                 filters += [("recordedAt", ">=", first), ("recordedAt", "<", after)]
+    filters.append(("status", "in", list(LIVE_STATUSES)))  # a deleted one is gone
     found = store.recordings_find(filters)
     recording = found[0] if found else None
     return {"exists": recording is not None,
@@ -82,6 +84,8 @@ def recording_media(*, principal: Principal, recording_id: str, variant: str) ->
     """The Storage object to play or download: the WAV (`variant="wav"`, the default) or
     an upload's original (`"original"`)."""
     recording = access_recording(principal, recording_id)
+    if recording["status"] in GONE:
+        raise RecordingDeleted(status=recording["status"])
     stem = Path(recording.get("originalFilename") or recording.get("filename")
                 or recording_id).stem or recording_id
     if variant == "original":

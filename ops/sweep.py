@@ -9,6 +9,8 @@ keeps calls and recordings honest, each run on its own and reported on its own.
 - uploads: interrupted uploads fail, failed ones are retried, abandoned files removed;
 - analysis: completed recordings get jobs (ANALYSIS_AUTO), due jobs are dispatched to the
   analysis server, jobs without news for ANALYSIS_STALE_SECONDS fail.
+- deletions: recordings left `deleting` by a Storage failure are finished;
+- retention: recordings older than `RECORDING_RETENTION_DAYS` (0: never) are deleted.
 
 A part that fails does not stop the others; its report says `{"error": ...}`.
 """
@@ -24,6 +26,7 @@ from analysis.services import analysis_sweep
 from calls.services import calls_settle_expired, calls_settle_presence
 from core.clock import utc_now
 from core.errors import AppError
+from library.deletion import deletions_finish, recordings_expire
 from library.retries import uploads_retry_due
 from recorder_bridge.services import recordings_retry_failed, recordings_stop_of_final_calls
 
@@ -65,5 +68,7 @@ def sweep_run(*, timeout_seconds: int, now: datetime | None = None) -> SweepRepo
         "recorderRetries": _run("recorderRetries", recordings_retry_failed),
         "uploads": _run("uploads", lambda: uploads_retry_due(now=now)),
         "analysis": _run("analysis", lambda: analysis_sweep(now=now)),
+        "deletions": _run("deletions", lambda: deletions_finish(now=now)),
+        "retention": _run("retention", lambda: recordings_expire(now=now)),
     }
     return report

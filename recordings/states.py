@@ -7,6 +7,9 @@ An upload's life: pending (received, converting) -> uploading (to Storage) -> co
 or failed (Storage refused, or the sweep found it interrupted); a failed one is reopened
 to pending by a retry. A recorder recording: processing (stopped; remuxing, converting,
 uploading) -> completed | failed; a failed one is processed again by the recorder.
+Deletion: completed or failed -> deleting (its Storage objects are being removed; never
+served) -> deleted (a tombstone without paths or url); a Storage failure leaves it
+deleting, and the sweep finishes it.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ class Status(str, Enum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
 
 
 STATUSES = tuple(s.value for s in Status)
 IN_PROGRESS = frozenset({Status.PENDING, Status.UPLOADING, Status.PROCESSING})
+GONE = frozenset({Status.DELETING, Status.DELETED})  # served to nobody, listed nowhere
+LIVE_STATUSES = tuple(s.value for s in Status if s not in GONE)
 
 NEW = None  # no document yet
 P, U, R, C, F = (Status.PENDING, Status.UPLOADING, Status.PROCESSING, Status.COMPLETED,
                  Status.FAILED)
+D, X = Status.DELETING, Status.DELETED
 
 # status   action      next
 TABLE: dict[tuple[Status | None, str], Status] = {
@@ -42,6 +50,10 @@ TABLE: dict[tuple[Status | None, str], Status] = {
     (F,   "process"): R,  # the recorder retrying a failed upload
     (R,   "store"):   C,
     (R,   "fail"):    F,
+    (C,   "delete"):  D,  # a participant, an admin, or the retention sweep
+    (F,   "delete"):  D,
+    (D,   "delete"):  D,  # asked again while Storage was failing
+    (D,   "purge"):   X,  # every Storage object is gone: the tombstone
 }
 
 

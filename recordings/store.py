@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from integrations.firebase import firestore_client
-from recordings.states import next_status
+from recordings.states import LIVE_STATUSES, next_status
 
 Filter = tuple[str, str, object]  # (field, operator, value)
 _MOVE_ATTEMPTS = 5
@@ -153,8 +153,20 @@ def recordings_oldest(filters: list[Filter], *, limit: int) -> list[dict]:
     return [_as_dict(snap) for snap in query.stream()]
 
 
-def recordings_of(uid: str | None, *, limit: int, cursor: str | None) -> Page:
+def recordings_of(uid: str | None, *, limit: int, cursor: str | None,
+                  include_gone: bool = False) -> Page:
     """Recordings of `uid`'s calls (None: every recording), newest `createdAt` first;
-    `cursor` (a recording id) continues after it."""
+    `cursor` (a recording id) continues after it. Deleted ones only with `include_gone`."""
     filters: list[Filter] = [("participants", "array_contains", uid)] if uid else []
+    if not include_gone:
+        filters.append(("status", "in", list(LIVE_STATUSES)))
     return _newest_page(filters, order="createdAt", limit=limit, after=cursor)
+
+
+def recordings_recorded_before(cutoff: str, *, statuses: tuple[str, ...],
+                               limit: int) -> list[dict]:
+    """Recordings in `statuses` recorded before `cutoff` (ISO 8601), oldest first (the
+    retention sweep's work list; status + recordedAt index)."""
+    query = (_filtered([("status", "in", list(statuses)), ("recordedAt", "<", cutoff)])
+             .order_by("recordedAt").limit(limit))
+    return [_as_dict(snap) for snap in query.stream()]

@@ -339,7 +339,9 @@ def test_sweep_needs_the_ops_key_or_an_admin(as_user, client):
         "recorderRetries": {"retrying": 0},
         "uploads": {"interrupted": 0, "retried": 0, "completed": 0,
                     "abandonedFilesRemoved": 0},
-        "analysis": {"created": 0, "dispatched": {}, "stale": 0}}}
+        "analysis": {"created": 0, "dispatched": {}, "stale": 0},
+        "deletions": {"finished": 0, "stillDeleting": 0},
+        "retention": {"retentionDays": 0, "deleted": 0, "deleting": 0}}}
     assert as_user("root", admin=True).post(path, {}).status_code == 200
 
 
