@@ -121,7 +121,7 @@ class StoredObject:
     generation: int
     md5: str | None = None  # base64, as Storage reports it
     crc32c: str | None = None  # base64, as Storage reports it
-    url: str | None = None  # what recording_url would answer (None for downloads)
+    url: str | None = None  # a URL the apps can GET without credentials (None for downloads)
     metadata: dict[str, str] = field(default_factory=dict)
     updated: datetime | None = None  # when this generation was written
 
@@ -230,39 +230,6 @@ def _upload_once(*, bucket: Bucket, path: Path, object_name: str, content_type: 
                            f"Storage holds other bytes than were sent for {object_name} "
                            f"(crc32c {blob.crc32c} != {local_crc32c}); removed it.")
     return blob
-
-
-def recording_url(*, object_name: str, bucket: Bucket | None = None) -> str:
-    """A URL the apps can GET without credentials (it serves HTTP Range requests).
-
-    With signing credentials (a service account key): a V4 signed URL valid for
-    `STORAGE_URL_TTL_SECONDS`, made locally without checking that the object exists.
-    Otherwise a Firebase download-token URL that lasts until the token is removed; the
-    object's existing token is kept, a new one is added if it has none.
-    """
-    bucket = bucket or storage_bucket()
-    if _can_sign(bucket):
-        return _signed_url(bucket.blob(object_name))
-    deadline = _Deadline(_config().request_timeout_seconds)
-    try:
-        for _ in range(3):
-            blob = _existing_blob(bucket, object_name, deadline)
-            token = _download_token(blob)
-            if token:
-                return _token_url(blob, token)
-            token = str(uuid.uuid4())
-            blob.metadata = {**(blob.metadata or {}), DOWNLOAD_TOKENS_KEY: token}
-            try:
-                # Conditional, so two callers racing here end up handing out the same token.
-                blob.patch(if_metageneration_match=blob.metageneration,
-                           retry=deadline.retry(), timeout=deadline.request_timeout())
-            except api_exceptions.PreconditionFailed:
-                continue
-            return _token_url(blob, _download_token(blob) or token)
-    except _FAILURES as exc:
-        raise _storage_error(exc, f"make a URL for {object_name}", deadline) from exc
-    raise StorageError("storage_error",
-                       f"The metadata of {object_name} kept changing; no URL was made.")
 
 
 def recording_delete(*, object_name: str, bucket: Bucket | None = None) -> bool:

@@ -570,7 +570,8 @@ def test_a_result_with_a_long_transcript_is_taken_whole(client, queued_job, secr
     ({"ANALYSIS_SERVER_URL": "http://analyzer:3200"}, "ANALYSIS_SERVER_URL needs"),
 ])
 def test_a_half_configured_analysis_stops_start_up(tmp_path, env, message):
-    from tests.test_settings import PRODUCTION, _boot
+    from tests.helpers import PRODUCTION
+    from tests.helpers import boot_settings as _boot
 
     result = _boot(tmp_path, **PRODUCTION, **env)
     assert result.returncode != 0 and message in result.stderr

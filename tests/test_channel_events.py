@@ -4,10 +4,6 @@ documents are aged instead)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -19,9 +15,9 @@ from calls.states import Status
 from core.clock import utc_now
 from integrations.firebase import firestore_client
 from tests.conftest import post_json
-from tests.helpers import error_of, http_json, invite, stored
+from tests.helpers import NCS_SECRET as SECRET
+from tests.helpers import error_of, event, http_json, invite, signed, stored
 
-SECRET = secrets.token_hex(16)
 ALICE_UID, BOB_UID = 1001, 2002
 
 
@@ -33,25 +29,6 @@ def ncs(settings):
 @pytest.fixture
 def server(start_server):
     return start_server(AGORA_NCS_SECRET=SECRET)
-
-
-def signed(body: bytes, *, secret: str = SECRET, v1: bool = False) -> dict:
-    if v1:
-        return {"Agora-Signature": hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()}
-    return {"Agora-Signature-V2": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
-
-
-def event(event_type: int, channel: str, uid: int | None = None, *, seq: int = 0,
-          ts=None, notice: str | None = None) -> bytes:
-    payload = {"channelName": channel, "ts": int((ts or utc_now()).timestamp()),
-               "platform": 1, "clientSeq": seq}
-    if uid is not None:
-        payload["uid"] = uid
-    if event_type in (104, 106, 108):
-        payload["reason"] = 1
-    return json.dumps({"noticeId": notice or secrets.token_hex(8), "productId": 1,
-                       "eventType": event_type, "notifyMs": int(utc_now().timestamp() * 1000),
-                       "payload": payload}).encode()
 
 
 def post(base: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:

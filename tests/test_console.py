@@ -16,8 +16,7 @@ from django.test import Client
 from api.console.session import limiter
 from integrations.firebase import firestore_client, storage_bucket
 from tests import test_library
-from tests.test_calls import error_of, invite, stored
-from tests.test_library import document, upload
+from tests.helpers import document, error_of, invite, stored, upload
 
 media = test_library.media  # the library tests' audio files (3 s tones)
 

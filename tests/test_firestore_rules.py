@@ -3,41 +3,13 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
 
 from integrations.firebase import firestore_client
-
-
-def _unsigned_id_token(uid: str) -> str:
-    def b64(obj) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    now = int(time.time())
-    project = settings.FIREBASE_PROJECT_ID
-    claims = {"iss": f"https://securetoken.google.com/{project}", "aud": project, "iat": now,
-              "exp": now + 3600, "auth_time": now, "sub": uid, "user_id": uid,
-              "firebase": {"sign_in_provider": "custom", "identities": {}}}
-    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
-
-
-def _documents() -> str:
-    return f"projects/{settings.FIREBASE_PROJECT_ID}/databases/(default)/documents"
-
-
-def _as(uid: str | None, method: str, path: str, fields: dict | None = None) -> int:
-    url = f"http://{settings.FIRESTORE_EMULATOR_HOST}/v1/{_documents()}/{path}"
-    body = None
-    if fields is not None:
-        body = {"fields": {k: {"stringValue": v} for k, v in fields.items()}}
-    return _request(uid, method, url, body)
+from tests.helpers import app_firestore, app_request, firestore_documents
 
 
 def _value(value) -> dict:
@@ -52,26 +24,13 @@ def _value(value) -> dict:
 
 def _device_write(uid: str | None, path: str, fields: dict, *, stamped: bool = True) -> int:
     """Write a device as the app does: its fields, `updatedAt` set to the request time."""
-    url = f"http://{settings.FIRESTORE_EMULATOR_HOST}/v1/{_documents()}:commit"
-    write = {"update": {"name": f"{_documents()}/{path}",
+    url = f"http://{settings.FIRESTORE_EMULATOR_HOST}/v1/{firestore_documents()}:commit"
+    write = {"update": {"name": f"{firestore_documents()}/{path}",
                         "fields": {k: _value(v) for k, v in fields.items()}}}
     if stamped:
         write["updateTransforms"] = [{"fieldPath": "updatedAt",
                                       "setToServerValue": "REQUEST_TIME"}]
-    return _request(uid, "POST", url, {"writes": [write]})
-
-
-def _request(uid: str | None, method: str, url: str, body: dict | None) -> int:
-    headers = {"Content-Type": "application/json"}
-    if uid:
-        headers["Authorization"] = f"Bearer {_unsigned_id_token(uid)}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return app_request(uid, "POST", url, {"writes": [write]})
 
 
 @pytest.fixture
@@ -82,24 +41,24 @@ def a_call():
 
 
 def test_participants_read_their_call_and_nobody_else_does(a_call):
-    assert _as("alice", "GET", "calls/c1") == 200
-    assert _as("bob", "GET", "calls/c1") == 200
-    assert _as("mallory", "GET", "calls/c1") == 403
-    assert _as(None, "GET", "calls/c1") == 403
+    assert app_firestore("alice", "GET", "calls/c1") == 200
+    assert app_firestore("bob", "GET", "calls/c1") == 200
+    assert app_firestore("mallory", "GET", "calls/c1") == 403
+    assert app_firestore(None, "GET", "calls/c1") == 403
 
 
 def test_no_app_writes_calls_or_reads_recordings(a_call):
-    assert _as("alice", "PATCH", "calls/c1", {"status": "accepted"}) == 403
-    assert _as("alice", "PATCH", "calls/c2", {"status": "pending"}) == 403
-    assert _as("alice", "GET", "recordings/r1") == 403
-    assert _as("alice", "GET", "lines/alice") == 403
+    assert app_firestore("alice", "PATCH", "calls/c1", {"status": "accepted"}) == 403
+    assert app_firestore("alice", "PATCH", "calls/c2", {"status": "pending"}) == 403
+    assert app_firestore("alice", "GET", "recordings/r1") == 403
+    assert app_firestore("alice", "GET", "lines/alice") == 403
 
 
 def test_apps_write_only_their_own_user_document():
-    assert _as("alice", "PATCH", "users/alice", {"voipToken": "t", "platform": "ios"}) == 200
-    assert _as("alice", "GET", "users/alice") == 200
-    assert _as("alice", "PATCH", "users/bob", {"voipToken": "stolen"}) == 403
-    assert _as("alice", "GET", "users/bob") == 403
+    assert app_firestore("alice", "PATCH", "users/alice", {"voipToken": "t", "platform": "ios"}) == 200
+    assert app_firestore("alice", "GET", "users/alice") == 200
+    assert app_firestore("alice", "PATCH", "users/bob", {"voipToken": "stolen"}) == 403
+    assert app_firestore("alice", "GET", "users/bob") == 403
 
 
 IPHONE = {"platform": "ios", "voipToken": "ab" * 32, "apnsToken": "cd" * 32,
@@ -110,12 +69,12 @@ def test_apps_register_their_own_devices_only():
     assert _device_write("alice", "users/alice/devices/iphone", IPHONE) == 200
     assert _device_write("alice", "users/alice/devices/pixel",
                          {"platform": "android", "fcmToken": "f" * 152}) == 200
-    assert _as("alice", "GET", "users/alice/devices/iphone") == 200
+    assert app_firestore("alice", "GET", "users/alice/devices/iphone") == 200
     assert _device_write("mallory", "users/alice/devices/iphone", IPHONE) == 403
-    assert _as("mallory", "GET", "users/alice/devices/iphone") == 403
-    assert _as("mallory", "DELETE", "users/alice/devices/iphone") == 403
+    assert app_firestore("mallory", "GET", "users/alice/devices/iphone") == 403
+    assert app_firestore("mallory", "DELETE", "users/alice/devices/iphone") == 403
     assert _device_write(None, "users/alice/devices/iphone", IPHONE) == 403
-    assert _as("alice", "DELETE", "users/alice/devices/pixel") == 200
+    assert app_firestore("alice", "DELETE", "users/alice/devices/pixel") == 200
     stored = firestore_client().document("users/alice/devices/iphone").get().to_dict()
     assert stored["voipToken"] == IPHONE["voipToken"] and "updatedAt" in stored
 
@@ -149,10 +108,10 @@ def test_no_app_writes_the_legacy_device_id():
 def test_a_jobs_participants_read_it_and_nobody_writes_it():
     firestore_client().collection("analysisJobs").document("j1").set(
         {"jobId": "j1", "participants": ["alice", "bob"], "status": "queued"})
-    assert _as("alice", "GET", "analysisJobs/j1") == 200
-    assert _as("bob", "GET", "analysisJobs/j1") == 200
-    assert _as("mallory", "GET", "analysisJobs/j1") == 403
-    assert _as(None, "GET", "analysisJobs/j1") == 403
-    assert _as("alice", "PATCH", "analysisJobs/j1", {"status": "completed"}) == 403
-    assert _as("alice", "PATCH", "analysisJobs/j2", {"status": "queued"}) == 403
-    assert _as("alice", "GET", "analysisJobs/j1/deliveries/m1") == 403
+    assert app_firestore("alice", "GET", "analysisJobs/j1") == 200
+    assert app_firestore("bob", "GET", "analysisJobs/j1") == 200
+    assert app_firestore("mallory", "GET", "analysisJobs/j1") == 403
+    assert app_firestore(None, "GET", "analysisJobs/j1") == 403
+    assert app_firestore("alice", "PATCH", "analysisJobs/j1", {"status": "completed"}) == 403
+    assert app_firestore("alice", "PATCH", "analysisJobs/j2", {"status": "queued"}) == 403
+    assert app_firestore("alice", "GET", "analysisJobs/j1/deliveries/m1") == 403

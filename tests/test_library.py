@@ -25,7 +25,17 @@ from integrations.firebase import firestore_client, storage_bucket
 from library.lookups import MediaFile
 from media import audio
 from ops.sweep import sweep_run
-from tests.helpers import error_of, invite, sha256_of, storage_down, stored
+from tests.helpers import (
+    document,
+    error_of,
+    invite,
+    leftovers,
+    objects,
+    sha256_of,
+    storage_down,
+    stored,
+    upload,
+)
 
 KOREAN_NAME = "엄마와 통화 11월.m4a"
 
@@ -61,28 +71,6 @@ def media(tmp_path_factory) -> dict[str, Path]:
     _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:size=64x64:rate=5", "-an",
             str(files["video"]))
     return files
-
-
-def upload(client, headers: dict, call_id: str, path: Path, **fields):
-    with path.open("rb") as file:
-        return client.post("/api/recordings/upload",
-                           data={"recording": file, "call_id": call_id, **fields},
-                           headers=headers)
-
-
-def objects() -> dict[str, int]:
-    """Every object in the bucket with its size."""
-    return {blob.name: blob.size for blob in storage_bucket().list_blobs()}
-
-
-def leftovers() -> list[str]:
-    root = settings.RECORDING_UPLOADS_DIR
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) \
-        if root.exists() else []
-
-
-def document(recording_id: str) -> dict:
-    return firestore_client().collection("recordings").document(recording_id).get().to_dict()
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from media.storage import (
     StorageError,
     recording_delete,
     recording_download,
+    recording_stat,
     recording_upload,
-    recording_url,
 )
 from tests.helpers import sha256_of
 
@@ -134,43 +134,16 @@ def test_the_apps_play_a_recording_from_its_url_without_credentials(tmp_path):
     assert f"token={stored.metadata[DOWNLOAD_TOKENS_KEY]}" in stored.url
     assert "/o/recordings%2Fshort%20call%2B1.wav?" in stored.url
     assert _fetch(stored.url) == wav.read_bytes()
-    assert recording_url(object_name="recordings/short call+1.wav") == stored.url
-
-
-def test_a_recording_keeps_the_download_token_it_already_has(tmp_path):
-    console_upload = storage_bucket().blob("recordings/from_console.wav")
-    console_upload.metadata = {DOWNLOAD_TOKENS_KEY: "token-from-the-console,second-token"}
-    console_upload.upload_from_string(b"RIFF console", content_type="audio/wav")
-
-    url = recording_url(object_name="recordings/from_console.wav")
-
-    assert "token=token-from-the-console" in url
-    assert _fetch(url) == b"RIFF console"
-    blob = storage_bucket().get_blob("recordings/from_console.wav")
-    assert blob.metadata[DOWNLOAD_TOKENS_KEY] == "token-from-the-console,second-token"
-
-
-def test_a_recording_without_a_token_gets_one_that_lasts(tmp_path):
-    storage_bucket().blob("recordings/bare.wav").upload_from_string(
-        b"RIFF bare", content_type="audio/wav")
-
-    first = recording_url(object_name="recordings/bare.wav")
-    second = recording_url(object_name="recordings/bare.wav")
-
-    token = storage_bucket().get_blob("recordings/bare.wav").metadata[DOWNLOAD_TOKENS_KEY]
-    assert first == second and f"token={token}" in first
-    assert _fetch(first) == b"RIFF bare"
 
 
 def test_with_a_service_account_key_the_url_is_a_v4_signed_url(tmp_path, settings,
                                                                signing_bucket):
     wav = _recording(tmp_path, "signed.wav", 50_000)
-    recording_upload(path=wav, object_name="recordings/signed call.wav",
-                     content_type="audio/wav")
-
-    url = recording_url(object_name="recordings/signed call.wav", bucket=signing_bucket)
+    url = recording_upload(path=wav, object_name="recordings/signed call.wav",
+                           content_type="audio/wav", bucket=signing_bucket).url
     settings.STORAGE_URL_TTL_SECONDS = 3600
-    short = recording_url(object_name="recordings/signed call.wav", bucket=signing_bucket)
+    short = recording_upload(path=wav, object_name="recordings/signed call.wav",
+                             content_type="audio/wav", bucket=signing_bucket).url
 
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qs(parts.query)
@@ -204,7 +177,7 @@ def test_deleting_a_recording_twice_says_it_was_already_gone(tmp_path):
     assert recording_delete(object_name="recordings/old.wav") is True
     assert recording_delete(object_name="recordings/old.wav") is False
     with pytest.raises(StorageError) as gone:
-        recording_url(object_name="recordings/old.wav")
+        recording_stat(object_name="recordings/old.wav")
     assert gone.value.code == "storage_not_found"
     with pytest.raises(StorageError) as missing:
         recording_download(object_name="recordings/old.wav", dst=tmp_path / "old_copy.wav")

@@ -17,8 +17,8 @@ from api.schemas import CallDocument, ErrorBody, RecordingStopOut
 from devstack.emulators import wait_until
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
-from tests.helpers import invite
-from tests.test_channel_events import SECRET, event, signed
+from tests.helpers import NCS_SECRET as SECRET
+from tests.helpers import event, invite, signed
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 KNOWN = {

@@ -14,9 +14,8 @@ from devstack.emulators import free_port
 from integrations.firebase import firestore_client, storage_bucket
 from ops.sweep import sweep_run
 from tests import test_library
-from tests.test_calls import error_of, invite, stored
-from tests.test_firestore_rules import _as
-from tests.test_library import document, leftovers, objects, upload
+from tests.helpers import app_firestore as _as
+from tests.helpers import document, error_of, invite, leftovers, objects, stored, upload
 
 # The library tests' fixtures: a call between alice and bob, alice's headers, the media.
 alice, call, media = test_library.alice, test_library.call, test_library.media
