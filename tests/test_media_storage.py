@@ -22,6 +22,7 @@ from media.storage import (
     StorageError,
     recording_delete,
     recording_download,
+    recording_signed_url,
     recording_stat,
     recording_upload,
 )
@@ -139,17 +140,20 @@ def test_the_apps_play_a_recording_from_its_url_without_credentials(tmp_path):
 def test_with_a_service_account_key_the_url_is_a_v4_signed_url(tmp_path, settings,
                                                                signing_bucket):
     wav = _recording(tmp_path, "signed.wav", 50_000)
-    url = recording_upload(path=wav, object_name="recordings/signed call.wav",
-                           content_type="audio/wav", bucket=signing_bucket).url
-    settings.STORAGE_URL_TTL_SECONDS = 3600
-    short = recording_upload(path=wav, object_name="recordings/signed call.wav",
-                             content_type="audio/wav", bucket=signing_bucket).url
+    recording_upload(path=wav, object_name="recordings/signed call.wav",
+                     content_type="audio/wav")
+
+    # Signing is local (no token fetched): the key signs, fake-gcs serves the path.
+    url = recording_signed_url(object_name="recordings/signed call.wav",
+                               ttl_seconds=7 * 24 * 3600, bucket=signing_bucket)
+    short = recording_signed_url(object_name="recordings/signed call.wav", ttl_seconds=3600,
+                                 bucket=signing_bucket)
 
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qs(parts.query)
     assert parts.path == f"/{django_settings.FIREBASE_STORAGE_BUCKET}/recordings/signed%20call.wav"
     assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"]
-    assert query["X-Goog-Expires"] == ["604800"]  # the default: 7 days, the V4 maximum
+    assert query["X-Goog-Expires"] == ["604800"]  # 7 days, the V4 maximum
     assert query["X-Goog-Credential"][0].startswith("recorder@demo-memharbor-test.iam")
     assert len(query["X-Goog-Signature"][0]) == 512  # hex of an RSA-2048 signature
     assert urllib.parse.parse_qs(urllib.parse.urlsplit(short).query)["X-Goog-Expires"] == ["3600"]
