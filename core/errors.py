@@ -129,6 +129,14 @@ class SourceMissing(Conflict):
     code = "source_missing"
 
 
+# --- 410 ----------------------------------------------------------------------------------
+
+class CallNotActive(AppError):
+    status = 410
+    code = "call_not_active"
+    message = "No ringing or accepted call on this channel any more."
+
+
 # --- 413 / 5xx ------------------------------------------------------------------------------
 
 class PayloadTooLarge(AppError):

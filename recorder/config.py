@@ -22,6 +22,12 @@ CHROMIUM_ARGS = (
 )
 
 
+HERE = Path(__file__).resolve().parent
+# `npm ci --prefix recorder` puts the bundle in node_modules; an image may copy it to static/vendor.
+AGORA_SDK_DEFAULTS = (HERE / "node_modules" / "agora-rtc-sdk-ng" / "AgoraRTC_N-production.js",
+                      HERE / "static" / "vendor" / "AgoraRTC_N-production.js")
+
+
 class ConfigError(RuntimeError):
     """The recorder cannot start with these settings; the message says which one."""
 
@@ -51,6 +57,9 @@ class Settings:
     join_timeout_seconds: float
     agora_app_id: str
     fixtures_dir: Path | None = None
+    agora_sdk_path: Path = AGORA_SDK_DEFAULTS[0]
+    api_url: str | None = None
+    devtools_port: int | None = None
     sessions_per_context: int = 5
     audio_bits_per_second: int = 32000
     timeslice_ms: int = 1000
@@ -76,4 +85,19 @@ class Settings:
             fixtures_dir=(Path(os.environ["RECORDER_FIXTURES_DIR"]).resolve()
                           if os.environ.get("RECORDER_FIXTURES_DIR") else None),
             sessions_per_context=int(_number("RECORDER_SESSIONS_PER_CONTEXT", 5)),
+            agora_sdk_path=_agora_sdk_path(),
+            api_url=os.environ.get("RECORDER_API_URL", "").strip().rstrip("/") or None,
+            devtools_port=(int(_number("RECORDER_DEVTOOLS_PORT", 1))
+                           if os.environ.get("RECORDER_DEVTOOLS_PORT", "").strip() else None),
         )
+
+
+def _agora_sdk_path() -> Path:
+    """RECORDER_AGORA_SDK_PATH, else the npm package's bundle (or the image's copy of it)."""
+    raw = os.environ.get("RECORDER_AGORA_SDK_PATH", "").strip()
+    if raw:
+        path = Path(raw).resolve()
+        if not path.is_file():
+            raise ConfigError(f"RECORDER_AGORA_SDK_PATH {raw!r} is not a file")
+        return path
+    return next((p for p in AGORA_SDK_DEFAULTS if p.is_file()), AGORA_SDK_DEFAULTS[0])

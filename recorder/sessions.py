@@ -131,7 +131,8 @@ class RecorderService:
         self.page_base_url = f"http://127.0.0.1:{settings.port}"
         self.pool = BrowserPool(executable_path=settings.chromium_path,
                                 per_context=settings.sessions_per_context,
-                                on_disconnected=self._browser_lost)
+                                on_disconnected=self._browser_lost,
+                                devtools_port=settings.devtools_port)
         self._sessions: dict[str, Session] = {}
         self._finished: dict[str, dict] = {}
         self._tasks: set[asyncio.Task] = set()

@@ -11,8 +11,8 @@ from calls import store as call_store
 from calls.states import FINAL, actor_of
 from core.errors import AppError, NotFound, NotInCall, RecordingNotFound
 from core.principal import Principal
-from integrations.agora import rtc_token_build
 from recorder_bridge.client import recorder_call
+from recorder_bridge.tokens import recorder_token_build
 from recordings import store
 
 log = structlog.get_logger("recordings")
@@ -28,18 +28,14 @@ def _participant(call: dict | None, principal: Principal) -> bool:
 
 def recording_start(*, principal: Principal, channel: str, source: str = "agora") -> dict:
     """Send the recorder bot into the active call on `channel` (a participant or an admin);
-    its Agora token is made here, for uid RECORDER_UID, as an audience member."""
+    its first Agora token is made here (recorder_bridge.tokens)."""
     calls = call_store.calls_on_channel(channel)
     if not calls:
         raise NotFound("No ringing or accepted call on this channel.", code="no_active_call")
     call = next((c for c in calls if _participant(c, principal)), calls[0])
     if not _participant(call, principal) and not principal.admin:
         raise NotInCall("Only the call's participants or an admin can record it.")
-    expire = min(86400, int(settings.RECORDER_MAX_SECONDS) + 600)
-    token = rtc_token_build(app_id=settings.AGORA_APP_ID,
-                            app_certificate=settings.AGORA_APP_CERT, channel=channel,
-                            user=settings.RECORDER_UID, role="subscriber",
-                            expire_seconds=expire, version=settings.AGORA_TOKEN_VERSION)
+    token = recorder_token_build(channel=channel)  # renewed through the API before expiry
     started = recorder_call("POST", "/sessions", timeout=settings.RECORDER_START_TIMEOUT_SECONDS,
                             json={"channel": channel, "uid": settings.RECORDER_UID,
                                   "token": token.token, "callId": call["callId"],
