@@ -17,9 +17,12 @@
 (function () {
   const audio = new AudioContext();
   const hosts = new Map(); // uid -> {uid, hz, osc, track} in the channel (track: published)
+  let admit;
   const fake = {
     client: null, // the page's client (the recorder makes one)
-    joinArgs: null, // {appId, channel, token, uid}
+    admitted: new Promise((res) => { admit = res; }),
+    joining: null, // {appId, channel, token, uid, role} once join() is called
+    joinArgs: null, // the same once join() resolved
     joinedAt: null, // performance.now() when join resolved
     renewedTokens: [],
     log: [], // {t, what, ...}: everything the test did and everything emitted
@@ -115,11 +118,15 @@
       }
       if (typeof appId !== "string" || !channel) throw new AgoraRTCError("INVALID_PARAMS", "appId/channel");
       this._state("CONNECTING");
-      await new Promise((res) => setTimeout(res, 50));
+      fake.joining = { appId, channel, token, uid, role: this.role };
+      // Joining takes as long as the test wants (admit()): meanwhile users may join the
+      // channel and publish, and the join must report them.
+      await fake.admitted;
+      await new Promise((res) => setTimeout(res, 20));
       if (this.connectionState !== "CONNECTING") throw new AgoraRTCError("OPERATION_ABORTED", "cancel join");
       this.uid = uid === null || uid === undefined ? Math.floor(Math.random() * 1e9) : uid;
       this.channelName = channel;
-      fake.joinArgs = { appId, channel, token, uid: this.uid };
+      fake.joinArgs = { appId, channel, token, uid: this.uid, role: this.role };
       fake.joinedAt = performance.now();
       note("joined", { channel, uid: this.uid });
       this._state("CONNECTED");
@@ -224,6 +231,8 @@
   };
 
   window.__fakeAgora = Object.assign(fake, {
+    // Let the pending join() finish.
+    admit() { note("admit"); admit(); },
     // uid joins the channel (if not in it) and publishes a `hz` tone.
     publish(uid, hz) {
       let host = hosts.get(uid);
@@ -299,6 +308,7 @@
       return {
         connectionState: c ? c.connectionState : null,
         remoteUsers: c ? c.remoteUsers.map((u) => ({ uid: u.uid, hasAudio: u.hasAudio, subscribed: !!u.audioTrack })) : [],
+        joining: fake.joining,
         joinArgs: fake.joinArgs,
         renewedTokens: fake.renewedTokens.slice(),
       };
