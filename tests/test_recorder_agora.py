@@ -189,6 +189,17 @@ def tone_timeline(samples: np.ndarray, hz: float, step: float = 0.25) -> list[tu
             for t in np.arange(0, duration - 0.5, step)]
 
 
+def tone_changes(samples: np.ndarray, hz: float) -> list[float]:
+    """The seconds at which `hz` starts or stops being heard: where its amplitude over
+    0.25 s windows (every 0.05 s) crosses half the fake's tone level (0.3)."""
+    duration, times, heard = len(samples) / RATE, [], []
+    for start in np.arange(0, duration - 0.25, 0.05):
+        times.append(start + 0.125)
+        heard.append(amplitude(samples, hz, start, start + 0.25) > 0.15)
+    return [round(float(t), 2) for t, a, b in zip(times[1:], heard, heard[1:], strict=False)
+            if a != b]
+
+
 def assert_tone(samples, hz, *, on: list[tuple[float, float]], off: list[tuple[float, float]]):
     """`hz` is heard throughout each `on` span and not at all in each `off` span (seconds
     of the recording; EDGE is left out at each end of a span)."""
@@ -248,6 +259,8 @@ def test_a_user_who_publishes_later_is_heard_from_then_on(agora_recorder):
     end = len(samples) / RATE
     assert_tone(samples, 440, on=[(0, end)], off=[])
     assert_tone(samples, 660, on=[(joined_at, end)], off=[(0, joined_at)])
+    assert tone_changes(samples, 660) == [pytest.approx(joined_at, abs=EDGE)]
+    assert tone_changes(samples, 440) == []
 
 
 def test_a_user_who_unpublishes_and_republishes_is_silent_in_between(agora_recorder):
@@ -265,6 +278,8 @@ def test_a_user_who_unpublishes_and_republishes_is_silent_in_between(agora_recor
     samples = wav_samples(stored_document(started["sid"], reason="requested")["url"])
     end = len(samples) / RATE
     assert_tone(samples, 440, on=[(0, muted_at), (back_at, end)], off=[(muted_at, back_at)])
+    assert tone_changes(samples, 440) == [pytest.approx(muted_at, abs=EDGE),
+                                          pytest.approx(back_at, abs=EDGE)]
     assert_tone(samples, 660, on=[(0, end)], off=[])
 
 
@@ -287,6 +302,8 @@ def test_a_user_who_leaves_and_rejoins_with_the_same_uid_is_heard_again(agora_re
     samples = wav_samples(stored_document(started["sid"], reason="requested")["url"])
     end = len(samples) / RATE
     assert_tone(samples, 440, on=[(0, left_at), (rejoined_at, end)], off=[(left_at, rejoined_at)])
+    assert tone_changes(samples, 440) == [pytest.approx(left_at, abs=EDGE),
+                                          pytest.approx(rejoined_at, abs=EDGE)]
     assert_tone(samples, 660, on=[(0, end)], off=[])
 
 

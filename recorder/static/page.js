@@ -131,6 +131,13 @@
       s.ctx = new AudioContext();
       await s.ctx.resume();
       s.dest = s.ctx.createMediaStreamDestination();
+      // A silent source keeps the recording's clock running while nobody is heard (no
+      // remote track yet, everyone left, reconnecting): without it Chrome records no
+      // frames then and the WebM's timeline skips the silence.
+      s.silence = s.ctx.createConstantSource();
+      s.silence.offset.value = 0;
+      s.silence.connect(s.dest);
+      s.silence.start();
       if (cfg.source === "agora") {
         const failed = await joinAgora(cfg);
         if (failed) return failed;
