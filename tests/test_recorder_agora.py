@@ -316,13 +316,15 @@ def test_a_channel_everyone_left_stops_as_idle_and_is_stored(agora_recorder):
     wait_chunks(recorder, started, 2)
 
     fake("leave", 101)
-    fake("leave", 202)
+    left_at = fake.at("leave", 202)
 
     wait_until(lambda: recorder.call("GET", f"/sessions/{started['sid']}")[1]["status"]
                == "stopped", timeout=60, what="the idle auto-stop")
     assert recorder.call("GET", f"/sessions/{started['sid']}")[1]["stopReason"] == "idle"
     samples = wav_samples(stored_document(started["sid"], reason="idle")["url"])
-    assert len(samples) / RATE >= 2
+    # The empty channel's silence is recorded until the idle stop (RECORDER_MAX_IDLE_SECONDS).
+    assert tone_changes(samples, 440) == [pytest.approx(left_at, abs=EDGE)]
+    assert len(samples) / RATE >= left_at + 2 - EDGE
 
 
 def test_a_uid_banned_disconnect_ends_the_session_with_that_reason(agora_recorder):
@@ -347,16 +349,19 @@ def test_reconnecting_keeps_recording_through_the_gap(agora_recorder):
                                   before_join=[(101, 440)])
     wait_chunks(recorder, started, 2)
 
-    fake("reconnecting")
-    wait_chunks(recorder, started, chunks(recorder, started) + 2)
+    lost_at = fake.at("reconnecting")
+    wait_chunks(recorder, started, chunks(recorder, started) + 3)
     assert recorder.call("GET", f"/sessions/{started['sid']}")[1]["status"] == "recording"
-    fake("reconnected")
-    wait_chunks(recorder, started, chunks(recorder, started) + 1)
+    back_at = fake.at("reconnected")
+    wait_chunks(recorder, started, chunks(recorder, started) + 3)
     status, stopped = recorder.call("POST", f"/sessions/{started['sid']}/stop")
 
     assert (status, stopped["stopReason"]) == (200, "requested")
-    stored_document(started["sid"], reason="requested")
-    assert "reconnecting" in recorder.log.read_text()
+    samples = wav_samples(stored_document(started["sid"], reason="requested")["url"])
+    # The gap is in the recording as silence, where it happened.
+    assert tone_changes(samples, 440) == [pytest.approx(lost_at, abs=EDGE),
+                                          pytest.approx(back_at, abs=EDGE)]
+    assert "reconnecting; recording silence" in recorder.log.read_text()
 
 
 def test_a_crashed_renderer_is_stored_with_what_it_recorded(agora_recorder):

@@ -280,14 +280,17 @@
       client._state("DISCONNECTED", reason);
       return performance.now();
     },
-    // The network goes away for a while: RECONNECTING, then CONNECTED again.
+    // The network goes away for a while (RECONNECTING: no remote audio arrives), then
+    // comes back (CONNECTED).
     reconnecting() {
       note("reconnecting");
+      for (const host of hosts.values()) if (host.track) host.track.enabled = false;
       fake.client._state("RECONNECTING");
       return performance.now();
     },
     reconnected() {
       note("reconnected");
+      for (const host of hosts.values()) if (host.track) host.track.enabled = true;
       fake.client._state("CONNECTED");
       return performance.now();
     },
