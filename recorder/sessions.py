@@ -348,7 +348,8 @@ class RecorderService:
                         "meanwhile", session.sid)
         elif state == "CONNECTED" and event.get("previous") == "RECONNECTING":
             log.info("session %s: Agora connection back", session.sid)
-        elif state == "DISCONNECTED" and reason != "LEAVE" and session.stopping is None:
+        elif (state == "DISCONNECTED" and reason != "LEAVE" and session.state == "recording"
+              and session.stopping is None):  # not our own leave (a failed join's has no reason)
             reason = _REASON_RE.sub("", str(reason or ""))[:40] or "disconnected"
             log.warning("session %s: Agora disconnected (%s); storing what was recorded",
                         session.sid, reason)

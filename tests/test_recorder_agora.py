@@ -309,6 +309,19 @@ def test_a_user_who_leaves_and_rejoins_with_the_same_uid_is_heard_again(agora_re
 
 # -- how a session ends by itself ---------------------------------------------------------
 
+def test_a_join_that_never_finishes_times_out_and_leaves_nothing(agora_recorder):
+    recorder, browser = agora_recorder(RECORDER_JOIN_TIMEOUT_SECONDS="2")
+    pending = Started(lambda: recorder.call("POST", "/sessions", {
+        "channel": "g1_alice_bob_0", "uid": settings.RECORDER_UID, "source": "agora"}))
+    browser.channel("g1_alice_bob_0")  # joining; never admitted
+
+    status, answer = pending.result()
+
+    assert (status, answer["error"]["code"]) == (504, "agora_join_timeout")
+    assert recorder.call("GET", "/sessions") == (200, {"sessions": []})
+    assert list(recorder.recordings.iterdir()) == []
+
+
 def test_a_channel_everyone_left_stops_as_idle_and_is_stored(agora_recorder):
     recorder, browser = agora_recorder(RECORDER_MAX_IDLE_SECONDS="2")
     started, fake = start_session(recorder, browser, "g1_alice_bob_5",

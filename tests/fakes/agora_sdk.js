@@ -146,10 +146,14 @@
       return this.uid;
     }
 
+    // As the real SDK: DISCONNECTING, then DISCONNECTED with reason LEAVE, or with no
+    // reason when leave() aborts a join (which then rejects with OPERATION_ABORTED).
     async leave() {
       if (this.connectionState === "DISCONNECTED") return;
+      const joined = this.connectionState !== "CONNECTING";
       this.remoteUsers = [];
-      this._state("DISCONNECTED", "LEAVE");
+      this._state("DISCONNECTING");
+      this._state("DISCONNECTED", joined ? "LEAVE" : undefined);
     }
 
     async subscribe(user, mediaType) {
