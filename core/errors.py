@@ -161,3 +161,8 @@ class AudioUnavailable(ServiceUnavailable):
 class RecorderUnavailable(ServiceUnavailable):
     code = "recorder_unavailable"
     message = "The recorder service cannot be reached."
+
+
+class RecorderBusy(ServiceUnavailable):
+    code = "recorder_busy"
+    message = "Every recorder records as many sessions as it can; retry later."

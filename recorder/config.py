@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,10 @@ class Settings:
     agora_sdk_path: Path = AGORA_SDK_DEFAULTS[0]
     api_url: str | None = None
     devtools_port: int | None = None
+    node_id: str | None = None
+    node_url: str | None = None
+    max_sessions: int = 20
+    heartbeat_seconds: float = 10
     sessions_per_context: int = 5
     audio_bits_per_second: int = 32000
     timeslice_ms: int = 1000
@@ -89,7 +94,29 @@ class Settings:
             api_url=os.environ.get("RECORDER_API_URL", "").strip().rstrip("/") or None,
             devtools_port=(int(_number("RECORDER_DEVTOOLS_PORT", 1))
                            if os.environ.get("RECORDER_DEVTOOLS_PORT", "").strip() else None),
+            max_sessions=int(_number("RECORDER_MAX_SESSIONS", 20)),
+            heartbeat_seconds=_number("RECORDER_HEARTBEAT_SECONDS", 10),
+            **_node(),
         )
+
+
+def _node() -> dict:
+    """With RECORDER_NODE_ID set, this recorder registers in Firestore `recorderNodes` at
+    RECORDER_NODE_URL (default http://RECORDER_HOST:RECORDER_PORT); otherwise it does not
+    (the API then reaches it through RECORDER_SERVICE_URL alone)."""
+    node_id = os.environ.get("RECORDER_NODE_ID", "").strip()
+    if not node_id:
+        return {}
+    if node_id == "auto":
+        node_id = f"{socket.gethostname()}-{int(_number('RECORDER_PORT', 3100))}"
+    url = os.environ.get("RECORDER_NODE_URL", "").strip().rstrip("/")
+    if not url:
+        host = os.environ.get("RECORDER_HOST", "127.0.0.1")
+        if host in ("0.0.0.0", "::", ""):
+            raise ConfigError("RECORDER_NODE_URL must be set when RECORDER_HOST listens on "
+                              "every address (how does the API reach this node?)")
+        url = f"http://{host}:{int(_number('RECORDER_PORT', 3100))}"
+    return {"node_id": node_id, "node_url": url}
 
 
 def _agora_sdk_path() -> Path:

@@ -44,6 +44,7 @@ from .errors import (
     AgoraJoinTimeout,
     AgoraNotConfigured,
     BadRequest,
+    RecorderBusy,
     RecorderError,
     SessionNotFound,
     ShuttingDown,
@@ -187,12 +188,15 @@ class RecorderService:
             raise ShuttingDown("the recorder is shutting down")
         if source == "agora" and not self.settings.agora_app_id:
             raise AgoraNotConfigured("AGORA_APP_ID is not set on the recorder")
+        if len(self._sessions) >= self.settings.max_sessions:
+            raise RecorderBusy(f"this recorder records {self.settings.max_sessions} sessions "
+                               "already (RECORDER_MAX_SESSIONS)")
         sid = str(uuid.uuid4())
         sink = await asyncio.to_thread(
             ChunkSink.create, self.settings.recordings_dir, channel=channel,
             started_at=utc_now(),
             meta={"sid": sid, "channel": channel, "uid": uid, "callId": call_id,
-                  "source": source})
+                  "source": source, "nodeId": self.settings.node_id})
         session = Session(sid=sid, channel=channel, uid=uid, call_id=call_id, source=source,
                           sink=sink, key=secrets.token_urlsafe(32))
         self._sessions[sid] = session

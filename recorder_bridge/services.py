@@ -12,6 +12,7 @@ from calls.states import FINAL, actor_of
 from core.errors import AppError, NotFound, NotInCall, RecordingNotFound
 from core.principal import Principal
 from recorder_bridge.client import recorder_call
+from recorder_bridge.placement import recorder_configured
 from recorder_bridge.tokens import recorder_token_build
 from recordings import store
 
@@ -76,7 +77,7 @@ def _stop_later(sid: str, *, reason: str) -> None:
 def recordings_stop_for_call(sender=None, *, call: dict, **_) -> int:
     """A call ended (the call-final signal): stop every session recording its channel.
     A recorder that cannot be reached now is left to the sweep; returns how many stopped."""
-    if not settings.RECORDER_SERVICE_URL:
+    if not recorder_configured():
         return 0
     stopped = 0
     try:
@@ -93,7 +94,7 @@ def recordings_stop_for_call(sender=None, *, call: dict, **_) -> int:
 
 def recordings_stop_of_final_calls() -> dict:
     """The sweep's part: sessions still recording a call that is final are stopped."""
-    if not settings.RECORDER_SERVICE_URL:
+    if not recorder_configured():
         return {"stopped": 0}
     stopped = 0
     for session in recorder_call("GET", "/sessions")["sessions"]:
@@ -108,7 +109,7 @@ def recordings_stop_of_final_calls() -> dict:
 
 def recordings_retry_failed() -> dict:
     """The sweep's part: ask the recorder to retry the uploads that failed."""
-    if not settings.RECORDER_SERVICE_URL:
+    if not recorder_configured():
         return {"retrying": 0}
     answer = recorder_call("POST", "/recordings/retry")
     if answer.get("retrying"):
