@@ -10,6 +10,15 @@ from ninja import Header, Router, Schema
 from pydantic import Field, StrictInt, StringConstraints
 
 from api.auth import ops_or_admin_auth, user_auth
+from api.schemas import (
+    AnswerOut,
+    CallDocument,
+    CallShortOut,
+    EndOut,
+    InviteOut,
+    SweepOut,
+    answers,
+)
 from calls import services
 from core.clock import iso
 from core.errors import ValidationFailed
@@ -46,6 +55,7 @@ class SweepIn(Schema):
 
 
 _INTERNAL_FIELDS = {"idempotencyKey"}
+_TRANSITION_ERRORS = (400, 401, 403, 404, 409, 503)  # answer, cancel, missed, end
 
 
 def call_public(call: dict) -> dict:
@@ -56,7 +66,8 @@ def call_public(call: dict) -> dict:
     return public
 
 
-@router.post("/invite", summary="Start a call: create it and ring the receiver")
+@router.post("/invite", **answers(InviteOut, 400, 401, 403, 409, 503),
+             summary="Start a call: create it and ring the receiver")
 def invite(request: HttpRequest, payload: InviteIn,
            idempotency_key: str | None = Header(None, alias="Idempotency-Key")):
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
@@ -72,7 +83,8 @@ def invite(request: HttpRequest, payload: InviteIn,
             "pushPlatform": call["pushPlatform"], "pushError": call["pushError"]}
 
 
-@router.post("/answer", summary="Accept or decline (the receiver)")
+@router.post("/answer", **answers(AnswerOut, *_TRANSITION_ERRORS),
+             summary="Accept or decline (the receiver)")
 def answer(request: HttpRequest, payload: AnswerIn):
     call = services.call_transition(principal=request.principal, call_id=payload.call_id,
                                     action=payload.action, device_id=payload.device_id)
@@ -84,31 +96,35 @@ def _short(call: dict) -> dict:
     return {"success": True, "callId": call["callId"], "status": call["status"]}
 
 
-@router.post("/cancel", summary="Cancel before it is answered (the caller)")
+@router.post("/cancel", **answers(CallShortOut, *_TRANSITION_ERRORS),
+             summary="Cancel before it is answered (the caller)")
 def cancel(request: HttpRequest, payload: CallIn):
     return _short(services.call_transition(principal=request.principal,
                                            call_id=payload.call_id, action="cancel"))
 
 
-@router.post("/missed", summary="Mark missed when the client's ring timer runs out")
+@router.post("/missed", **answers(CallShortOut, *_TRANSITION_ERRORS),
+             summary="Mark missed when the client's ring timer runs out")
 def missed(request: HttpRequest, payload: CallIn):
     return _short(services.call_transition(principal=request.principal,
                                            call_id=payload.call_id, action="missed"))
 
 
-@router.post("/end", summary="Hang up (either party)")
+@router.post("/end", **answers(EndOut, *_TRANSITION_ERRORS), summary="Hang up (either party)")
 def end(request: HttpRequest, payload: CallIn):
     call = services.call_transition(principal=request.principal, call_id=payload.call_id,
                                     action="end")
     return {**_short(call), "durationSeconds": call["durationSec"] or 0}
 
 
-@router.get("/status/{call_id}", summary="The call document (participants and admins)")
+@router.get("/status/{call_id}", **answers(CallDocument, 400, 401, 403, 404, 503),
+            summary="The call document (participants and admins)")
 def status(request: HttpRequest, call_id: CallId):
     return call_public(services.call_status_get(principal=request.principal, call_id=call_id))
 
 
 @router.post("/timeout/sweep", auth=ops_or_admin_auth,
+             **answers(SweepOut, 400, 401, 403, 503),
              summary="Move pending calls past the ring timeout to missed (ops key or admin)")
 def sweep(request: HttpRequest, payload: SweepIn):
     timeout = payload.timeout_seconds or settings.CALL_RING_TIMEOUT_SECONDS

@@ -9,6 +9,7 @@ Range support: single ranges (`0-0`, `500-`, `-500`), several ranges as
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from email.utils import format_datetime
@@ -39,6 +40,15 @@ class Unsatisfiable(Exception):
     pass
 
 
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")  # ASCII digits: str.isdigit() takes "²"
+_FAR = 10**18  # any longer number is past every representation (and int() refuses 4300+)
+
+
+def _offset(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else _FAR
+
+
 def byte_ranges(header: str | None, size: int) -> list[ByteRange] | None:
     """The ranges of a `Range` header for a representation of `size` bytes, sorted and
     merged; None to send the whole representation (no header, another unit, a syntax
@@ -46,22 +56,21 @@ def byte_ranges(header: str | None, size: int) -> list[ByteRange] | None:
     if not header:
         return None
     unit, _, specs = header.partition("=")
-    if unit.strip().lower() != "bytes" or not specs.strip():
+    if unit.strip(" \t").lower() != "bytes" or not specs.strip(" \t"):
         return None
     wanted = []
     for spec in specs.split(","):
-        first, dash, last = spec.strip().partition("-")
-        if not dash or not (first.isdigit() or (not first and last.isdigit())):
+        matched = _RANGE_SPEC.fullmatch(spec.strip(" \t"))
+        if not matched or not (matched[1] or matched[2]):
             return None  # malformed: ignore the whole header
-        if last and not last.isdigit():
-            return None
+        first, last = matched[1], matched[2]
         if not first:  # suffix: the last N bytes
-            length = int(last)
+            length = _offset(last)
             if length > 0 and size > 0:
                 wanted.append((max(size - length, 0), size - 1))
             continue
-        start = int(first)
-        end = int(last) if last else size - 1
+        start = _offset(first)
+        end = _offset(last) if last else size - 1
         if last and end < start:
             return None
         if start < size:

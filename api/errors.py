@@ -10,9 +10,10 @@ from __future__ import annotations
 import http
 
 import structlog
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, JsonResponse
 
-from core.errors import AppError
+from core.errors import AppError, HostNotServed
 
 log = structlog.get_logger("api.errors")
 
@@ -50,7 +51,8 @@ def api_error_response(exc: AppError) -> JsonResponse:
                           **exc.extra)
 
 
-def _server_error(request: HttpRequest) -> JsonResponse:
+def server_error_response(request: HttpRequest) -> JsonResponse:
+    """500 with the request id to quote, nothing of the failure."""
     request_id = getattr(request, "request_id", "")
     return error_response(
         http_status=500, requestId=request_id,
@@ -60,7 +62,19 @@ def _server_error(request: HttpRequest) -> JsonResponse:
 def internal_error_response(request: HttpRequest, exc: BaseException) -> JsonResponse:
     """Log the traceback, answer 500 with the request id and nothing of the exception."""
     log.error("unhandled_exception", exc_info=exc, path=request.path)
-    return _server_error(request)
+    return server_error_response(request)
+
+
+# Django's own error views (config/urls.py handler400/403/404/500): JSON, never its HTML.
+
+def django_bad_request(request, exception=None):
+    if isinstance(exception, DisallowedHost):
+        return api_error_response(HostNotServed())
+    return error_response(http_status=400, message="The request is not valid for this server.")
+
+
+def django_forbidden(request, exception=None):
+    return error_response(http_status=403, message="You are not allowed to do this.")
 
 
 def django_not_found(request, exception=None):
@@ -68,4 +82,5 @@ def django_not_found(request, exception=None):
 
 
 def django_server_error(request):
-    return _server_error(request)
+    return server_error_response(request)
+

@@ -10,6 +10,8 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from ninja import Router
 
+from api.schemas import HealthOut, LiveOut
+from core.disk import disk_usage
 from integrations import firebase
 
 router = Router(tags=["health"])
@@ -42,7 +44,8 @@ def _recorder_check() -> dict | None:
         response = http.get(settings.RECORDER_SERVICE_URL.rstrip("/") + "/health")
     response.raise_for_status()
     body = response.json()
-    return {"browser": body.get("browser"), "sessions": body.get("sessions")}
+    return {"browser": body.get("browser"), "sessions": body.get("sessions"),
+            "disk": body.get("disk")}
 
 
 def _storage_check() -> dict | None:
@@ -52,12 +55,13 @@ def _storage_check() -> dict | None:
     return None
 
 
-@router.get("/live", auth=None, summary="Liveness (no I/O)")
+@router.get("/live", auth=None, response=LiveOut, summary="Liveness (no I/O)")
 def live(request: HttpRequest):
     return {"status": "ok"}
 
 
-@router.get("", auth=None, summary="Readiness: Firestore, Storage, recorder")
+@router.get("", auth=None, response={200: HealthOut, 503: HealthOut},
+            summary="Readiness: Firestore, Storage, recorder")
 def health(request: HttpRequest):
     # 503 only without Firestore: the API still works without Storage or the recorder.
     firestore_future = _pool.submit(_probe, _firestore_check)
@@ -72,5 +76,7 @@ def health(request: HttpRequest):
         status = "degraded"
     else:
         status = "ok"
-    body = {"status": status, "firestore": firestore, "storage": storage, "recorder": recorder}
+    body = {"status": status, "firestore": firestore, "storage": storage, "recorder": recorder,
+            # the app uploads not yet in Storage (the recorder reports its own directory)
+            "disk": disk_usage(settings.RECORDING_UPLOADS_DIR, recursive=True)}
     return JsonResponse(body, status=503 if status == "down" else 200)

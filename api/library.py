@@ -14,6 +14,15 @@ from pydantic import Field, StringConstraints, model_validator
 from api import delivery
 from api.auth import ops_or_admin_auth, user_auth
 from api.calls import CallId
+from api.schemas import (
+    MEDIA_DOCS,
+    AdminRecordingsOut,
+    CheckExistsOut,
+    HasRecordingOut,
+    UploadOut,
+    UploadStatusOut,
+    answers,
+)
 from library import admin, lookups, retries, uploads
 from recordings.states import STATUSES
 
@@ -26,6 +35,8 @@ RecordingId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,128}$
 Uid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,128}$")]
 RecordingStatus = Literal[STATUSES]  # type: ignore[valid-type]
 Source = Literal["recorder", "upload"]
+# 409 recording_not_ready (not completed yet); 416 when no range overlaps the file.
+_MEDIA_ERRORS = (400, 401, 403, 404, 409, 416, 503)
 
 
 class UploadIn(Schema):
@@ -35,7 +46,8 @@ class UploadIn(Schema):
 
 
 @recordings_router.post("/upload", summary="Upload a call's recording (multipart)",
-                        response={200: dict, 201: dict, 202: dict})
+                        **answers({200: UploadOut, 201: UploadOut, 202: UploadOut},
+                                  400, 401, 403, 404, 411, 413, 503))
 def upload(request: HttpRequest, recording: File[UploadedFile], form: Form[UploadIn]):
     # FILE_UPLOAD_HANDLERS makes `recording` a ReceivedFile: on disk, with its sha256.
     return Status(*uploads.recording_upload_receive(
@@ -60,7 +72,8 @@ class CheckExistsIn(Schema):
         return self
 
 
-@recordings_router.get("/check-exists", summary="Is this recording on the server already?")
+@recordings_router.get("/check-exists", **answers(CheckExistsOut, 400, 401, 403, 404, 503),
+                       summary="Is this recording on the server already?")
 def check_exists(request: HttpRequest, params: Query[CheckExistsIn]):
     return lookups.recording_check_exists(
         principal=request.principal, call_id=params.call_id, sha256=params.sha256,
@@ -72,6 +85,7 @@ class StatusIn(Schema):
 
 
 @recordings_router.get("/upload-status", auth=ops_or_admin_auth,
+                       **answers(UploadStatusOut, 400, 401, 403, 503),
                        summary="Recordings per status, last upload, bytes stored (admin)")
 def upload_status(request: HttpRequest, params: Query[StatusIn]):
     return admin.recordings_upload_status(source=params.source)
@@ -82,6 +96,7 @@ class FileIn(Schema):
 
 
 @recordings_router.get("/{recording_id}/stream",
+                       **answers(None, *_MEDIA_ERRORS, docs=MEDIA_DOCS),
                        summary="Play a recording (HTTP Range; may redirect to Storage)")
 def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
     media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
@@ -89,26 +104,32 @@ def stream(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn
     return delivery.media_response(request, media, attachment=False)
 
 
-@recordings_router.get("/{recording_id}/download", summary="Download a recording (attachment)")
+@recordings_router.get("/{recording_id}/download",
+                       **answers(None, *_MEDIA_ERRORS, docs=MEDIA_DOCS),
+                       summary="Download a recording (attachment)")
 def download(request: HttpRequest, recording_id: RecordingId, params: Query[FileIn]):
     media = lookups.recording_media(principal=request.principal, recording_id=recording_id,
                                      variant=params.file)
     return delivery.media_response(request, media, attachment=True)
 
 
-@recordings_router.post("/{recording_id}/retry-upload", response={200: dict, 202: dict},
+@recordings_router.post("/{recording_id}/retry-upload",
+                        **answers({200: UploadOut, 202: UploadOut}, 400, 401, 403, 404, 409,
+                                  502, 503),
                         summary="Retry a failed recording (admin or a participant)")
 def retry_upload(request: HttpRequest, recording_id: RecordingId):
     return Status(*retries.recording_retry(principal=request.principal,
                                             recording_id=recording_id))
 
 
-@calls_router.get("/{call_id}/has-recording", summary="Does this call have a recording?")
+@calls_router.get("/{call_id}/has-recording",
+                  **answers(HasRecordingOut, 400, 401, 403, 404, 503),
+                  summary="Does this call have a recording?")
 def call_has_recording(request: HttpRequest, call_id: CallId):
     return lookups.call_has_recording(principal=request.principal, call_id=call_id)
 
 
-@users_router.get("/{uid}/has-recording",
+@users_router.get("/{uid}/has-recording", **answers(HasRecordingOut, 400, 401, 503),
                   summary="The user's latest call with a completed recording")
 def user_has_recording(request: HttpRequest, uid: Uid):
     return lookups.user_has_recording(principal=request.principal, uid=uid)
@@ -126,7 +147,8 @@ class AdminListIn(Schema):
     next_page_token: RecordingId | None = None
 
 
-@admin_router.get("/recordings", summary="Every recording, filtered and paged (admin)")
+@admin_router.get("/recordings", **answers(AdminRecordingsOut, 400, 401, 403, 503),
+                  summary="Every recording, filtered and paged (admin)")
 def admin_recordings(request: HttpRequest, params: Query[AdminListIn]):
     return admin.recordings_admin_list(
         date_from=params.date_from, date_to=params.date_to, group_id=params.group_id,

@@ -7,18 +7,34 @@ from django.http import Http404, HttpRequest
 from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 
 from api import errors
+from api.analysis import analysis_router, analyze_router
 from api.calls import router as call_router
 from api.health import router as health_router
 from api.library import admin_router, calls_router, recordings_router, users_router
 from api.recordings import router as recording_router
 from api.tokens import router as token_router
 from api.webhooks import router as webhooks_router
-from core.errors import AppError, MalformedJson, NotFound, Unauthenticated
+from core.errors import AppError, MalformedJson, NotFound, Unauthenticated, UnsupportedMediaType
+
+
+class JsonBodyParser(Parser):
+    """A body is read as JSON only when its Content-Type says JSON; ninja alone reads any."""
+
+    def parse_body(self, request: HttpRequest):
+        media_type = request.content_type.lower()
+        if media_type != "application/json" and not (
+                media_type.startswith("application/") and media_type.endswith("+json")):
+            raise UnsupportedMediaType(
+                f"Send the body as application/json, not {request.content_type or 'untyped'}.")
+        return super().parse_body(request)
+
 
 api = NinjaAPI(
     title="Memharbor API",
+    parser=JsonBodyParser(),
     version="1",
     description="Agora tokens, calls, pushes and recordings for Memharbor's mobile apps.",
     urls_namespace="api",
@@ -29,6 +45,8 @@ api.add_router("/token", token_router)
 api.add_router("/call", call_router)
 api.add_router("/recording", recording_router)
 api.add_router("/recordings", recordings_router)
+api.add_router("/recordings", analyze_router)
+api.add_router("/analysis", analysis_router)
 api.add_router("/calls", calls_router)
 api.add_router("/users", users_router)
 api.add_router("/admin", admin_router)
@@ -68,6 +86,8 @@ def _render_any_error(request: HttpRequest, exc: Exception):
     if isinstance(exc, AuthenticationError):
         return errors.api_error_response(Unauthenticated())
     if isinstance(exc, HttpError):
+        if isinstance(exc.__cause__, AppError):  # raised by JsonBodyParser, wrapped by ninja
+            return errors.api_error_response(exc.__cause__)
         if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
             return errors.api_error_response(MalformedJson())
         return errors.error_response(http_status=exc.status_code, message=str(exc))

@@ -9,10 +9,21 @@ from ninja import Query, Router, Schema
 from pydantic import Field, model_validator
 
 from api.auth import recorder_auth, user_auth
+from api.schemas import (
+    RecorderTokenOut,
+    RecordingListOut,
+    RecordingSessionsOut,
+    RecordingStartOut,
+    RecordingStopOut,
+    answers,
+)
 from integrations.agora import CHANNEL_MAX_BYTES, agora_name
 from recorder_bridge import services, tokens
 
 router = Router(tags=["recordings"], auth=user_auth)
+
+# The recorder's own 4xx pass through (404 session_not_found, ...); its 5xx are 502.
+_RECORDER_ERRORS = (400, 401, 403, 404, 502, 503)
 
 
 class StartIn(Schema):
@@ -54,30 +65,34 @@ class ListIn(Schema):
     cursor: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]{1,128}$")
 
 
-@router.post("/start", summary="Start recording the call on a channel")
+@router.post("/start", **answers(RecordingStartOut, *_RECORDER_ERRORS),
+             summary="Start recording the call on a channel")
 def start(request: HttpRequest, payload: StartIn):
     return services.recording_start(principal=request.principal, channel=payload.channel,
                                     source=payload.source or "agora")
 
 
-@router.post("/stop", summary="Stop a recording; answers when the WAV is stored")
+@router.post("/stop", **answers(RecordingStopOut, *_RECORDER_ERRORS),
+             summary="Stop a recording; answers when the WAV is stored")
 def stop(request: HttpRequest, payload: StopIn):
     return services.recording_stop(principal=request.principal, sid=payload.sid,
                                    channel=payload.channel)
 
 
-@router.get("/status", summary="Recording sessions in progress")
+@router.get("/status", **answers(RecordingSessionsOut, 401, 502, 503),
+            summary="Recording sessions in progress")
 def status(request: HttpRequest):
     return {"sessions": services.recordings_active(principal=request.principal)}
 
 
-@router.get("/list", summary="Stored recordings, newest first")
+@router.get("/list", **answers(RecordingListOut, 400, 401, 404, 503),
+            summary="Stored recordings, newest first")
 def recordings(request: HttpRequest, params: Query[ListIn]):
     return services.recordings_list(principal=request.principal, limit=params.limit,
                                     cursor=params.cursor)
 
 
-@router.post("/token", auth=recorder_auth,
+@router.post("/token", auth=recorder_auth, **answers(RecorderTokenOut, 400, 401, 403, 410, 503),
              summary="The recorder's next Agora token (X-Recorder-Secret); 410 once the call is over")
 def token(request: HttpRequest, payload: TokenIn):
     return tokens.recorder_token_renew(channel=payload.channel, uid=payload.uid)

@@ -10,6 +10,7 @@ from ninja import Router, Schema
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from api.auth import user_auth
+from api.schemas import answers
 from calls.services import call_token_check
 from integrations import agora
 from integrations.agora import ACCOUNT_MAX_BYTES, CHANNEL_MAX_BYTES, agora_name
@@ -45,12 +46,12 @@ class TokenIn(Schema):
 
 
 class TokenOut(Schema):
-    token: str
-    expire_at: int
-    expire_in: int
+    token: str = Field(description="Agora RTC token (AccessToken2 '007...' or '006...')")
+    expire_at: int = Field(description="Unix time (seconds) when the token expires")
+    expire_in: int = Field(description="Seconds from now until it expires")
 
 
-@router.post("", response=TokenOut, summary="Issue an Agora RTC token")
+@router.post("", **answers(TokenOut, 400, 401, 403, 409, 503), summary="Issue an Agora RTC token")
 def token_issue(request: HttpRequest, payload: TokenIn):
     user = payload.uid if payload.uid is not None else payload.user_account
     call_token_check(principal=request.principal, channel=payload.channel, agora_user=user)

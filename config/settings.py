@@ -5,6 +5,8 @@ it needs is missing. Local development defaults are supplied by `python -m devst
 (`make run`), which says so in its log.
 """
 
+import base64
+import binascii
 import re
 from pathlib import Path
 
@@ -141,6 +143,32 @@ RECORDER_START_TIMEOUT_SECONDS = env.float("RECORDER_START_TIMEOUT_SECONDS", def
 # A stop answers after conversion and upload: allow for a long call.
 RECORDER_STOP_TIMEOUT_SECONDS = env.float("RECORDER_STOP_TIMEOUT_SECONDS", default=300)
 
+# Analysis of recordings (analysis/): an analysis server takes jobs, reports back signed
+# webhooks. Empty ANALYSIS_SERVER_URL: analysis is off and jobs stay queued.
+ANALYSIS_SERVER_URL = env.str("ANALYSIS_SERVER_URL", default="")
+# Standard Webhooks secret(s), `whsec_<base64>`; several separated by spaces while rotating.
+ANALYSIS_WEBHOOK_SECRET = env.str("ANALYSIS_WEBHOOK_SECRET", default="")
+# This server as the analysis server reaches it (callback and audio URLs are built on it).
+ANALYSIS_CALLBACK_BASE_URL = env.str("ANALYSIS_CALLBACK_BASE_URL", default="")
+# Every recording that becomes completed gets a job without being asked.
+ANALYSIS_AUTO = env.bool("ANALYSIS_AUTO", default=False)
+ANALYSIS_MAX_ATTEMPTS = env.int("ANALYSIS_MAX_ATTEMPTS", default=5)
+ANALYSIS_RETRY_BASE_SECONDS = env.int("ANALYSIS_RETRY_BASE_SECONDS", default=30)
+# A processing job without news from the server for this long fails (the sweep).
+ANALYSIS_STALE_SECONDS = env.int("ANALYSIS_STALE_SECONDS", default=3600)
+ANALYSIS_LANGUAGE = env.str("ANALYSIS_LANGUAGE", default="ko")
+# The request that creates a job tries the server once, this briefly; the sweep longer.
+ANALYSIS_DISPATCH_QUICK_TIMEOUT_SECONDS = env.float("ANALYSIS_DISPATCH_QUICK_TIMEOUT_SECONDS",
+                                                    default=2.0)
+ANALYSIS_DISPATCH_TIMEOUT_SECONDS = env.float("ANALYSIS_DISPATCH_TIMEOUT_SECONDS", default=10.0)
+ANALYSIS_AUDIO_URL_TTL_SECONDS = env.int("ANALYSIS_AUDIO_URL_TTL_SECONDS", default=6 * 3600)
+# Callbacks carry the transcript: they may be larger than API_MAX_BODY_BYTES.
+ANALYSIS_WEBHOOK_MAX_BYTES = env.int("ANALYSIS_WEBHOOK_MAX_BYTES", default=8 * 1024 * 1024)
+# GET /api/analysis/<id>/events: poll interval, heartbeat, and the longest a stream lives.
+ANALYSIS_STREAM_POLL_SECONDS = env.float("ANALYSIS_STREAM_POLL_SECONDS", default=1.0)
+ANALYSIS_STREAM_HEARTBEAT_SECONDS = env.float("ANALYSIS_STREAM_HEARTBEAT_SECONDS", default=15.0)
+ANALYSIS_STREAM_MAX_SECONDS = env.float("ANALYSIS_STREAM_MAX_SECONDS", default=600.0)
+
 # Logging
 LOG_DIR = Path(env.str("LOG_DIR", default=str(BASE_DIR / "logs")))
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
@@ -184,6 +212,17 @@ if AGORA_TOKEN_VERSION not in ("007", "006"):
     raise ImproperlyConfigured("AGORA_TOKEN_VERSION must be '007' or '006'.")
 if not SECRET_KEY:
     SECRET_KEY = "insecure-local-development-key"
+for _secret in ANALYSIS_WEBHOOK_SECRET.split():
+    _secret = _secret.removeprefix("whsec_")
+    try:
+        if not base64.b64decode(_secret + "=" * (-len(_secret) % 4), validate=True):
+            raise ValueError("empty")
+    except (ValueError, binascii.Error):
+        raise ImproperlyConfigured(
+            "ANALYSIS_WEBHOOK_SECRET must be 'whsec_<base64>' (several separated by spaces).")
+if ANALYSIS_SERVER_URL and not (ANALYSIS_WEBHOOK_SECRET and ANALYSIS_CALLBACK_BASE_URL):
+    raise ImproperlyConfigured("ANALYSIS_SERVER_URL needs ANALYSIS_WEBHOOK_SECRET and "
+                               "ANALYSIS_CALLBACK_BASE_URL.")
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
@@ -193,15 +232,17 @@ INSTALLED_APPS = [
     "calls",
     "push",
     "recorder_bridge",
+    "analysis",
     "ops",
 ]
 
 MIDDLEWARE = [
     "api.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before CommonMiddleware: a refused Host and dev mode's debug pages answer JSON too.
+    "api.middleware.JsonErrorMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the OpenAPI docs' own assets
     "django.middleware.common.CommonMiddleware",
-    "api.middleware.JsonErrorMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

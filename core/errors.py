@@ -38,6 +38,13 @@ class MalformedJson(AppError):
     message = "The request body is not valid JSON."
 
 
+class HostNotServed(AppError):
+    # Not the host itself in the message: it is the client's, and Django's text advises on
+    # ALLOWED_HOSTS.
+    code = "disallowed_host"
+    message = "The Host header names a host this server does not serve."
+
+
 class UnsupportedAudio(AppError):
     code = "unsupported_audio"
     message = "The file is not audio this server can read."
@@ -49,6 +56,12 @@ class Unauthenticated(AppError):
     status = 401
     code = "unauthenticated"
     message = "Authentication required: send 'Authorization: Bearer <Firebase ID token>'."
+
+
+class WebhookSignatureInvalid(AppError):
+    status = 401
+    code = "invalid_signature"
+    message = "The webhook signature is not valid."
 
 
 class Forbidden(AppError):
@@ -76,6 +89,9 @@ class UidReserved(Forbidden):
 class InvalidSignature(Unauthenticated):
     code = "invalid_signature"
     message = "The request's signature is missing or does not match its body."
+class AudioTokenInvalid(Forbidden):
+    code = "invalid_audio_token"
+    message = "The audio token is not valid for this job."
 
 
 class AdminRequired(Forbidden):
@@ -96,9 +112,19 @@ class CallNotFound(NotFound):
     message = "No call with this id."
 
 
+class NoActiveCall(NotFound):
+    code = "no_active_call"
+    message = "No ringing or accepted call on this channel."
+
+
 class RecordingNotFound(NotFound):
     code = "recording_not_found"
     message = "No recording with this id."
+
+
+class AnalysisNotFound(NotFound):
+    code = "analysis_not_found"
+    message = "No analysis job with this id."
 
 
 # --- 409 ----------------------------------------------------------------------------------
@@ -129,7 +155,13 @@ class SourceMissing(Conflict):
     code = "source_missing"
 
 
-# --- 410 ----------------------------------------------------------------------------------
+# --- 410 ------------------------------------------------------------------------------------
+
+class AnalysisFinished(AppError):
+    status = 410
+    code = "analysis_finished"
+    message = "The analysis job is finished; its audio URL no longer works."
+
 
 class CallNotActive(AppError):
     status = 410
@@ -137,11 +169,22 @@ class CallNotActive(AppError):
     message = "No ringing or accepted call on this channel any more."
 
 
-# --- 413 / 5xx ------------------------------------------------------------------------------
+# --- 411 / 413 / 415 / 5xx ----------------------------------------------------------------
+
+class LengthRequired(AppError):
+    status = 411
+    code = "length_required"
+    message = "Send the request body with a Content-Length."
+
 
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class ServiceUnavailable(AppError):

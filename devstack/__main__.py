@@ -133,6 +133,10 @@ def main() -> int:
         base = "http://" + env["GUNICORN_BIND"]
         wait_until(lambda: _http_ok(f"{base}/api/health/live"), timeout=60,
                    what="gunicorn", proc=gunicorn)
+        # Ready means ready: the first Firestore round trip of a fresh worker (its gRPC
+        # channel, the emulator's warm-up) happens here, not in the first user's request.
+        wait_until(lambda: _http_ok(f"{base}/api/health"), timeout=60,
+                   what="the API's dependencies (GET /api/health)", proc=gunicorn)
         _say(f"Firestore emulator  {emulators.firestore_host}")
         _say(f"Storage emulator    {emulators.storage_url} (bucket {emulators.bucket})")
         _say(f"Recorder            {env['RECORDER_SERVICE_URL']} (recordings in {env['RECORDINGS_DIR']})")

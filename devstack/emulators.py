@@ -146,7 +146,7 @@ class Emulators:
         self.firestore_port = self.firestore_port or free_port()
         self.storage_port = self.storage_port or free_port()
         for port in (self.firestore_port, self.storage_port):
-            if not _port_free(port):
+            if not port_free(port):
                 raise EmulatorUnavailable(f"127.0.0.1:{port} is already in use.")
         jar, gcs = firestore_jar(), fake_gcs_binary()
         try:
@@ -222,8 +222,11 @@ class Emulators:
                 f"{listing}/{name}", method="DELETE"), timeout=10).close()
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether a server can listen on 127.0.0.1:`port`. Connections of a server stopped a
+    moment ago (TIME_WAIT, up to a minute) do not count: servers bind with SO_REUSEADDR."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

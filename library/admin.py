@@ -3,22 +3,10 @@ status with the bytes stored."""
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
-
 from core.errors import ValidationFailed
-from library.lookups import _iso_bound, _when
+from library.times import day_or_time_bound
 from recordings import store
 from recordings.states import STATUSES
-
-
-def _day_or_time(value: str, *, end: bool) -> str:
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        day = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        return _iso_bound(day + timedelta(days=1) if end else day)
-    moment = _when(value)
-    return _iso_bound(moment + timedelta(seconds=1) if end else moment)
-
 
 _LISTED = ("recordingId", "callId", "sid", "channel", "groupId", "user1", "user2",
            "participants", "source", "status", "error", "retryCount", "duration", "fileSize",
@@ -33,9 +21,11 @@ def recordings_admin_list(*, date_from: str | None, date_to: str | None,
     """Recordings of every source, newest first, filtered; `total` counts every match."""
     filters: list[store.Filter] = []
     if date_from:
-        filters.append(("recordedAt", ">=", _day_or_time(date_from, end=False)))
+        filters.append(("recordedAt", ">=",
+                        day_or_time_bound(date_from, field="date_from", end=False)))
     if date_to:
-        filters.append(("recordedAt", "<", _day_or_time(date_to, end=True)))
+        filters.append(("recordedAt", "<",
+                        day_or_time_bound(date_to, field="date_to", end=True)))
     if len(filters) == 2 and filters[0][2] >= filters[1][2]:
         raise ValidationFailed("date_from must be before date_to.")
     for field, value in (("groupId", group_id), ("status", status), ("source", source),

@@ -3,40 +3,19 @@ or a user has one, and which Storage object plays or downloads."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from calls.access import access_call
-from core.errors import NotFound, RecordingNotReady, ValidationFailed
+from core.errors import NotFound, RecordingNotReady
 from core.principal import Principal
+from library.times import window_bounds
 from recordings import store
 from recordings.access import access_recording
 from recordings.documents import pair_key
 
 MATCH_WINDOW = timedelta(minutes=2)  # check-exists by channel + timestamp
-
-
-def _when(value: str) -> datetime:
-    """An instant from epoch seconds or milliseconds, or ISO 8601 (UTC if no zone)."""
-    value = value.strip()
-    if re.fullmatch(r"\d{9,13}", value):
-        number = int(value)
-        return datetime.fromtimestamp(number / 1000 if len(value) >= 12 else number,
-                                      tz=UTC)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed(
-            f"{value!r} is not a time (epoch seconds or ms, or ISO 8601).") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _iso_bound(moment: datetime) -> str:
-    # Stored times are ISO strings ending in Z, maybe with fractions; a bound without
-    # the Z sorts before every stored time of the same second.
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def recording_check_exists(*, principal: Principal, call_id: str | None, sha256: str | None,
@@ -55,9 +34,8 @@ def recording_check_exists(*, principal: Principal, call_id: str | None, sha256:
         else:
             filters.append(("channel", "==", channel))
             if timestamp:
-                moment = _when(timestamp)
-                filters += [("recordedAt", ">=", _iso_bound(moment - MATCH_WINDOW)),
-                            ("recordedAt", "<", _iso_bound(moment + MATCH_WINDOW))]
+                first, after = window_bounds(timestamp, field="timestamp", around=MATCH_WINDOW)
+                filters += [("recordedAt", ">=", first), ("recordedAt", "<", after)]
     found = store.recordings_find(filters)
     recording = found[0] if found else None
     return {"exists": recording is not None,

@@ -23,6 +23,7 @@ from calls.access import access_call
 from core.clock import iso, utc_now
 from core.errors import AppError, AudioUnavailable, UnsupportedAudio
 from core.principal import Principal
+from library.events import recording_completed
 from media import audio, storage
 from recordings import store
 from recordings.documents import recording_document
@@ -238,6 +239,7 @@ def _process(recording: dict, *, source: Path) -> dict:
             store.call_recording_set(recording["callId"], recording_id)
         source.unlink(missing_ok=True)  # Storage has the original now
         log.info("upload_completed", recording_id=recording_id, bytes=stored.size)
+        recording_completed.send(sender="library", recording=finished)
         return finished
     finally:
         wav.unlink(missing_ok=True)

@@ -6,7 +6,9 @@ keeps calls and recordings honest, each run on its own and reported on its own.
   too long; calls/presence.py);
 - recordingsOfEndedCalls: recorder sessions still recording a call that is final stop;
 - recorderRetries: the recorder retries recordings whose upload failed;
-- uploads: interrupted uploads fail, failed ones are retried, abandoned files removed.
+- uploads: interrupted uploads fail, failed ones are retried, abandoned files removed;
+- analysis: completed recordings get jobs (ANALYSIS_AUTO), due jobs are dispatched to the
+  analysis server, jobs without news for ANALYSIS_STALE_SECONDS fail.
 
 A part that fails does not stop the others; its report says `{"error": ...}`.
 """
@@ -18,6 +20,7 @@ from datetime import datetime
 
 import structlog
 
+from analysis.services import analysis_sweep
 from calls.services import calls_settle_expired, calls_settle_presence
 from core.clock import utc_now
 from core.errors import AppError
@@ -61,5 +64,6 @@ def sweep_run(*, timeout_seconds: int, now: datetime | None = None) -> SweepRepo
         "recordingsOfEndedCalls": _run("recordingsOfEndedCalls", recordings_stop_of_final_calls),
         "recorderRetries": _run("recorderRetries", recordings_retry_failed),
         "uploads": _run("uploads", lambda: uploads_retry_due(now=now)),
+        "analysis": _run("analysis", lambda: analysis_sweep(now=now)),
     }
     return report

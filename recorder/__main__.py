@@ -39,7 +39,9 @@ async def serve(settings: Settings) -> None:
         # Uploads a previous process did not finish (Storage down, crash while processing);
         # listed before recovery marks the crashed recordings, which it processes itself.
         retries = pipeline.recordings_to_retry(settings.recordings_dir)
-        # Recovery finishes before the port opens, so a ready recorder has no stale sidecars.
+        # Recovery finishes before the port opens, so a ready recorder has no stale sidecars
+        # and no media of recordings already stored.
+        await asyncio.to_thread(pipeline.recordings_clean_completed, settings.recordings_dir)
         await service.open()
         pending += [asyncio.create_task(asyncio.to_thread(pipeline.recording_finish, **item))
                     for item in retries]

@@ -3,9 +3,11 @@ convert it to a speech-ready WAV (16 kHz mono s16), upload it to Storage at
 `recordings/<channel>_<timestamp>.wav` and move Firestore `recordings/{sid}` through
 `processing` to `completed`.
 
-If conversion fails the WebM is uploaded instead (`format: webm`). If Storage is down the
-files stay on disk, the sidecar and the document say `failed` with the error, and the
-next recorder start retries (`recordings_retry`) until the recording is `completed`.
+If conversion fails the WebM is uploaded instead (`format: webm`). Once stored and
+`completed`, the local media (WebM, remux, WAV) are removed; the small JSON sidecar stays.
+If Storage is down the files stay on disk, the sidecar and the document say `failed` with
+the error, and the next recorder start retries (`recordings_retry`) until the recording is
+`completed`.
 Uses the shared `recordings` package and the Firebase/Storage integrations, configured
 from this process's environment; no Django.
 """
@@ -109,13 +111,15 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
         log.warning("recording %s: upload failed (%s); kept on disk for a retry", sid, exc.code)
         return {**_answer(document), "firebase": None, "status": "failed", "error": exc.code}
     now = iso(utc_now())
-    store.recording_move(sid, "store", {"url": stored.url, "error": None,
-                                        "storedBytes": stored.size, "uploadedAt": now,
-                                        "updatedAt": now})
+    moved = store.recording_move(sid, "store", {"url": stored.url, "error": None,
+                                                "storedBytes": stored.size, "uploadedAt": now,
+                                                "updatedAt": now})
     if call:
         store.call_recording_set(call_id, sid)
     _save_sidecar(sidecar, meta, state="completed", recordingId=sid, storagePath=storage_path,
                   format=fmt)
+    if moved is not None:  # Storage has it and the document says completed
+        recording_files_remove(webm)
     return {**_answer(document), "status": "stopped",
             "firebase": {"url": stored.url, "firestoreId": sid, "storagePath": storage_path}}
 
@@ -123,6 +127,49 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
 def _answer(document: dict) -> dict:
     keys = ("sid", "channel", "groupId", "user1", "user2", "filename", "format", "duration")
     return {key: document[key] for key in keys}
+
+
+def _local_files(webm: Path) -> tuple[Path, ...]:
+    return webm, webm.with_name(webm.stem + ".remux.webm"), webm.with_suffix(".wav")
+
+
+def recording_files_remove(webm: Path) -> int:
+    """Remove a stored recording's local media (the WebM, its remux, the WAV); the small
+    sidecar stays as the record of what was done. Returns the bytes freed."""
+    freed = 0
+    for path in _local_files(webm):
+        try:
+            freed += path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    return freed
+
+
+def recordings_clean_completed(directory: Path) -> int:
+    """At start-up: remove the media a previous process left of recordings whose sidecar
+    and Firestore document both say completed (it stopped between the two); a recording
+    whose document cannot be read now keeps its files. Returns the bytes freed."""
+    freed = 0
+    for sidecar in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        webm = sidecar.with_suffix(".webm")
+        if meta.get("state") != "completed" or not any(p.exists() for p in _local_files(webm)):
+            continue
+        try:
+            document = store.recording_read(meta.get("recordingId") or meta.get("sid") or "")
+        except Exception as exc:  # Firestore down: the next start looks again
+            log.warning("recording %s: cannot read its document (%s); files kept",
+                        sidecar.stem, type(exc).__name__)
+            continue
+        if document is not None and document.get("status") == "completed":
+            freed += recording_files_remove(webm)
+    if freed:
+        log.info("removed %d bytes of recordings already stored", freed)
+    return freed
 
 
 def recordings_to_retry(directory: Path, *, states: tuple[str, ...] = RETRY_STATES) -> list[dict]:

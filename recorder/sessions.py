@@ -221,7 +221,9 @@ class RecorderService:
             raise
         except Exception as exc:
             await self._abandon(session)
-            raise StartFailed(f"the recorder page failed: {exc}") from exc
+            # The detail goes to the log only: it can name the browser's files.
+            log.warning("session %s: the recorder page failed: %s", sid, exc)
+            raise StartFailed(f"the recorder page failed ({type(exc).__name__})") from exc
         if not answer.get("ok"):
             await self._abandon(session)
             error = answer.get("error") or {}
@@ -303,7 +305,7 @@ class RecorderService:
         meta = session.sink.meta
         return {"sid": session.sid, "channel": session.channel, "uid": session.uid,
                 "callId": session.call_id, "filename": session.filename,
-                "path": str(session.path), "bytes": meta["bytes"], "chunks": meta["chunks"],
+                "bytes": meta["bytes"], "chunks": meta["chunks"],
                 "durationMs": meta.get("durationMs"), "stopReason": meta.get("stopReason"),
                 "recovered": session.recovered, "status": "stopped"}
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from core.disk import disk_usage
+
 from . import pipeline
 from .errors import BadRequest, RecorderError, Unauthorized
 from .sessions import RecorderService, parse_start
@@ -60,9 +62,10 @@ async def json_errors(request: web.Request, handler):
 
 async def health(request: web.Request) -> web.Response:
     service = _service(request)
+    disk = await asyncio.to_thread(disk_usage, service.settings.recordings_dir)
     return web.json_response({"status": "ok", "browser": "up" if service.pool.up else "down",
                               "sessions": len(service.sessions_active()),
-                              "contexts": service.pool.context_count})
+                              "contexts": service.pool.context_count, "disk": disk})
 
 
 async def sessions_create(request: web.Request) -> web.Response:

@@ -4,13 +4,25 @@ recordings."""
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import structlog
 from django.conf import settings
 
 from calls import store as call_store
 from calls.states import FINAL, actor_of
-from core.errors import AppError, NotFound, NotInCall, RecordingNotFound
+from core.clock import utc_now
+from core.errors import (
+    AppError,
+    NoActiveCall,
+    NotFound,
+    NotInCall,
+    RecorderUnavailable,
+    RecordingNotFound,
+)
 from core.principal import Principal
+from recorder_bridge import claims
 from recorder_bridge.client import recorder_call
 from recorder_bridge.placement import recorder_configured
 from recorder_bridge.tokens import recorder_token_build
@@ -21,6 +33,8 @@ log = structlog.get_logger("recordings")
 # A stop the recorder finishes by itself: the hang-up does not wait for the conversion and
 # the upload, and nothing of it lives in this worker (the sweep stops what is left).
 _STOP_LATER_TIMEOUT = 5.0
+_CLAIM_MARGIN = 30.0  # seconds past the start timeout before a "starting" claim is stale
+_CLAIM_POLL_SECONDS = 0.2  # how often a start waiting for another start looks again
 
 
 def _participant(call: dict | None, principal: Principal) -> bool:
@@ -29,21 +43,75 @@ def _participant(call: dict | None, principal: Principal) -> bool:
 
 def recording_start(*, principal: Principal, channel: str, source: str = "agora") -> dict:
     """Send the recorder bot into the active call on `channel` (a participant or an admin);
-    its first Agora token is made here (recorder_bridge.tokens)."""
+    its first Agora token is made here (recorder_bridge.tokens). A call has one session:
+    a start while it records answers that session (see `claims`)."""
     calls = call_store.calls_on_channel(channel)
     if not calls:
-        raise NotFound("No ringing or accepted call on this channel.", code="no_active_call")
+        raise NoActiveCall()
     call = next((c for c in calls if _participant(c, principal)), calls[0])
     if not _participant(call, principal) and not principal.admin:
         raise NotInCall("Only the call's participants or an admin can record it.")
-    token = recorder_token_build(channel=channel)  # renewed through the API before expiry
-    started = recorder_call("POST", "/sessions", timeout=settings.RECORDER_START_TIMEOUT_SECONDS,
-                            json={"channel": channel, "uid": settings.RECORDER_UID,
-                                  "token": token.token, "callId": call["callId"],
-                                  "source": source})
+    call_id = call["callId"]
+    # Waiting for another request's start is bounded like that start, plus a margin.
+    deadline = time.monotonic() + settings.RECORDER_START_TIMEOUT_SECONDS + _CLAIM_MARGIN
+    while time.monotonic() < deadline:
+        token = claims.claim_take(call_id=call_id, channel=channel)
+        if token is not None:
+            started = _session_start(call=call, channel=channel, source=source, token=token)
+            if started is not None:
+                return started
+            # The claim went meanwhile: taken over as stale, or released as the call ended.
+            if all(c["callId"] != call_id for c in call_store.calls_on_channel(channel)):
+                raise NoActiveCall("The call on this channel has ended.")
+            continue
+        held = claims.claim_read(call_id)
+        if held is None:
+            continue  # released since: claim it
+        if held.state == "recording" and held.sid:
+            if _session_active(held.sid):
+                return _start_answer(held.data, channel)
+            claims.claim_drop(call_id, held)  # that session ended by itself (idle, crash)
+        elif held.started_before(utc_now() - timedelta(
+                seconds=settings.RECORDER_START_TIMEOUT_SECONDS + _CLAIM_MARGIN)):
+            claims.claim_drop(call_id, held)
+        else:
+            time.sleep(_CLAIM_POLL_SECONDS)  # another request is starting it: wait for it
+    raise RecorderUnavailable("Another start of this call's recording did not finish.")
+
+
+def _session_start(*, call: dict, channel: str, source: str, token: str) -> dict | None:
+    """Start the session this request claimed; None if the claim was lost meanwhile (the
+    session then stops again and the caller looks at who holds the call now)."""
+    try:
+        agora = recorder_token_build(channel=channel)  # renewed through the API before expiry
+        started = recorder_call("POST", "/sessions",
+                                timeout=settings.RECORDER_START_TIMEOUT_SECONDS,
+                                json={"channel": channel, "uid": settings.RECORDER_UID,
+                                      "token": agora.token, "callId": call["callId"],
+                                      "source": source})
+    except BaseException:
+        claims.claim_release(call_id=call["callId"], token=token)
+        raise
+    if not claims.claim_started(call_id=call["callId"], token=token, session=started):
+        _stop_later(started["sid"], reason="duplicate_start")
+        return None
     store.call_recording_set(call["callId"], started["sid"])
-    return {"sid": started["sid"], "channel": channel, "uid": started.get("uid"),
-            "filename": started.get("filename"), "status": "recording"}
+    return _start_answer(started, channel)
+
+
+def _start_answer(session: dict, channel: str) -> dict:
+    return {"sid": session["sid"], "channel": channel, "uid": session.get("uid"),
+            "filename": session.get("filename"), "status": "recording"}
+
+
+def _session_active(sid: str) -> bool:
+    try:
+        return recorder_call("GET", f"/sessions/{sid}").get("status") in ("starting",
+                                                                           "recording")
+    except AppError as exc:
+        if exc.status == 404:
+            return False
+        raise
 
 
 def _session(sid: str | None, channel: str | None) -> dict:
@@ -64,8 +132,11 @@ def recording_stop(*, principal: Principal, sid: str | None = None,
     call = call_store.call_read(session["callId"]) if session.get("callId") else None
     if not _participant(call, principal) and not principal.admin:
         raise NotInCall("Only the call's participants or an admin can stop its recording.")
-    return recorder_call("POST", f"/sessions/{session['sid']}/stop",
-                         timeout=settings.RECORDER_STOP_TIMEOUT_SECONDS)
+    stopped = recorder_call("POST", f"/sessions/{session['sid']}/stop",
+                            timeout=settings.RECORDER_STOP_TIMEOUT_SECONDS)
+    if session.get("callId"):
+        claims.claim_release(call_id=session["callId"], sid=session["sid"])
+    return stopped
 
 
 def _stop_later(sid: str, *, reason: str) -> None:
@@ -89,6 +160,7 @@ def recordings_stop_for_call(sender=None, *, call: dict, **_) -> int:
                 stopped += 1
     except AppError as exc:  # the sweep stops it later; the hang-up must not fail
         log.warning("recording_stop_on_end_failed", call_id=call["callId"], error=exc.code)
+    claims.claim_release(call_id=call["callId"])
     return stopped
 
 
@@ -101,6 +173,7 @@ def recordings_stop_of_final_calls() -> dict:
         call = call_store.call_read(session["callId"]) if session.get("callId") else None
         if call is not None and call["status"] in FINAL:
             _stop_later(session["sid"], reason="call_ended")
+            claims.claim_release(call_id=call["callId"])
             stopped += 1
     if stopped:
         log.info("recordings_of_final_calls_stopped", stopped=stopped)

@@ -21,6 +21,8 @@ from django.conf import settings
 from django.test import Client
 from google.cloud import storage
 from google.oauth2 import service_account
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from api.auth import verified_tokens
 from calls.services import _token_members
@@ -29,6 +31,13 @@ from push import services as push_services
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.fcm import FakeFCM
 from tests.fakes.firebase_auth import FakeSecureToken
+
+# Property tests: no wall-clock deadline, no example database in the work tree, and the
+# autouse per-test fixtures below are fine to share between a test's examples.
+hypothesis_settings.register_profile(
+    "memharbor", deadline=None, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture])
+hypothesis_settings.load_profile("memharbor")
 
 
 @pytest.fixture(scope="session")
@@ -176,8 +185,9 @@ def start_server(emulators, securetoken, tmp_path):
     started = []
 
     def start(**env_overrides) -> str:
-        port = free_port()
-        env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1",
+        bind = env_overrides.pop("GUNICORN_BIND", None) or f"127.0.0.1:{free_port()}"
+        port = int(bind.rsplit(":", 1)[1])
+        env = {**os.environ, "GUNICORN_BIND": bind, "GUNICORN_WORKERS": "1",
                "DJANGO_SETTINGS_MODULE": "config.settings", **env_overrides}
         log = tmp_path / f"gunicorn-{port}.log"
         proc = spawn([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",

@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
-from devstack.emulators import free_port
+from devstack.emulators import free_port, port_free
 
 
 def _listening(port: int) -> bool:
@@ -43,19 +44,20 @@ def _post(url: str, body: dict) -> dict:
 
 def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
     ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port(),
-             "RECORDER_PORT": free_port()}
+             "RECORDER_PORT": free_port(), "ANALYZER_PORT": free_port()}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MEMHARBOR_", "AGORA_", "FIREBASE_", "FIRESTORE_", "STORAGE_",
                                 "AUTH_MODE", "OPS_API_KEY", "DJANGO_SETTINGS_MODULE"))}
     env.update(FIRESTORE_PORT=str(ports["FIRESTORE_PORT"]), STORAGE_PORT=str(ports["STORAGE_PORT"]),
                GUNICORN_BIND=f"127.0.0.1:{ports['API']}", LOG_DIR=str(tmp_path),
                RECORDER_PORT=str(ports["RECORDER_PORT"]),
+               ANALYZER_PORT=str(ports["ANALYZER_PORT"]),
                RECORDINGS_DIR=str(tmp_path / "recordings"))
     proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     output = []
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -67,8 +69,11 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         assert "ready" in text, text
         assert "local development defaults in use" in text and "DEV AUTH IS ON" in text
         base = f"http://127.0.0.1:{ports['API']}"
-        with urllib.request.urlopen(f"{base}/api/health", timeout=10) as response:
-            health = json.load(response)
+        try:
+            with urllib.request.urlopen(f"{base}/api/health", timeout=10) as response:
+                health = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(exc.read().decode()) from None
         assert health["status"] == "ok" and health["recorder"]["status"] == "ok"
         # The README's lines: invite as alice (dev auth), then a token for that channel.
         invite = _post(f"{base}/api/call/invite", {
@@ -77,7 +82,7 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         token = _post(f"{base}/api/token", {"channel": invite["channelName"], "uid": 12345})
         assert token["token"].startswith("007")
         children = _children_of(proc.pid)
-        assert len(children) >= 4  # java, fake-gcs-server, the recorder, gunicorn
+        assert len(children) >= 5  # java, fake-gcs-server, the recorder, the analyzer, gunicorn
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
@@ -90,3 +95,40 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
+
+
+def _time_wait_on_a_port() -> int:
+    """A port whose server closed a connection first and then stopped: the closed
+    connection stays in TIME_WAIT on that port for up to a minute."""
+    with socket.socket() as server:
+        # as every server of the stack does (gunicorn, aiohttp, the JVM, Go)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: it is the one left in TIME_WAIT
+        client.recv(1)  # sees the close
+        client.close()
+    return port
+
+
+def test_a_port_in_time_wait_is_free_for_the_next_make_run():
+    port = _time_wait_on_a_port()
+    with socket.socket() as plain:  # what the check did: a bind without SO_REUSEADDR
+        try:
+            plain.bind(("127.0.0.1", port))
+        except OSError:
+            pass
+        else:
+            raise AssertionError("no TIME_WAIT on the port: the test proves nothing")
+    assert port_free(port)
+
+
+def test_a_port_something_listens_on_is_in_use():
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert not port_free(server.getsockname()[1])

@@ -146,3 +146,13 @@ def test_a_token_of_4_kb_is_accepted_and_updated_at_must_be_the_request_time():
 
 def test_no_app_writes_the_legacy_device_id():
     assert _device_write("alice", "users/alice/devices/legacy", IPHONE) == 403
+def test_a_jobs_participants_read_it_and_nobody_writes_it():
+    firestore_client().collection("analysisJobs").document("j1").set(
+        {"jobId": "j1", "participants": ["alice", "bob"], "status": "queued"})
+    assert _as("alice", "GET", "analysisJobs/j1") == 200
+    assert _as("bob", "GET", "analysisJobs/j1") == 200
+    assert _as("mallory", "GET", "analysisJobs/j1") == 403
+    assert _as(None, "GET", "analysisJobs/j1") == 403
+    assert _as("alice", "PATCH", "analysisJobs/j1", {"status": "completed"}) == 403
+    assert _as("alice", "PATCH", "analysisJobs/j2", {"status": "queued"}) == 403
+    assert _as("alice", "GET", "analysisJobs/j1/deliveries/m1") == 403

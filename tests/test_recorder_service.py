@@ -51,7 +51,20 @@ def dominant_hz(path: Path) -> float:
     return crossings / 2 / (len(samples) / 16000)
 
 
-def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
+def downloaded(url: str, folder: Path) -> Path:
+    """The stored file behind `url`, saved in `folder`."""
+    path = folder / f"downloaded-{len(list(folder.iterdir()))}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        path.write_bytes(response.read())
+    return path
+
+
+def media_left(recorder) -> list[str]:
+    """Files in the recordings directory but the JSON sidecars."""
+    return sorted(p.name for p in recorder.recordings.iterdir() if p.suffix != ".json")
+
+
+def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder, tmp_path):
     # The call the API created: the recording's parties come from it, never the channel.
     firestore_client().collection("calls").document("call-1").set(
         {"callId": "call-1", "groupId": "group1", "callerId": "alice", "receiverId": "bob",
@@ -68,15 +81,16 @@ def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
     assert [s["sid"] for s in listed["sessions"]] == [started["sid"]]
 
     time.sleep(RECORDING_SECONDS)  # the recording itself
+    webm = recorder.recordings / started["filename"]
+    assert audio_codec(webm) == "opus"
     status, stopped = recorder.call("POST", f"/sessions/{started['sid']}/stop")
 
     assert status == 200, stopped
     assert stopped["status"] == "stopped"
-    path = Path(stopped["path"])
-    assert path == recorder.recordings / started["filename"]
-    assert stopped["bytes"] == path.stat().st_size > 0
-    assert audio_codec(path) == "opus"
-    assert decoded_seconds(path) == pytest.approx(RECORDING_SECONDS, abs=0.5)
+    # No answer names a file on the server: the file is found by its name.
+    for answer in (started, listed, stopped, recorder.call("GET", f"/sessions/{started['sid']}")[1]):
+        assert "path" not in answer and str(recorder.recordings) not in json.dumps(answer)
+    assert stopped["bytes"] > 0
     assert stopped["durationMs"] / 1000 == pytest.approx(RECORDING_SECONDS, abs=0.5)
     sidecar = recorder.sidecar(started["filename"])
     assert sidecar["state"] == "completed"
@@ -92,9 +106,7 @@ def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
     firebase = stopped["firebase"]
     assert firebase["storagePath"] == f"recordings/{wav_name}"
     assert firebase["firestoreId"] == started["sid"]
-    stored_wav = recorder.recordings / "downloaded.wav"
-    with urllib.request.urlopen(firebase["url"], timeout=30) as response:
-        stored_wav.write_bytes(response.read())
+    stored_wav = downloaded(firebase["url"], tmp_path)
     with wave.open(str(stored_wav)) as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
         assert wav.getnframes() / 16000 == pytest.approx(RECORDING_SECONDS, abs=0.5)
@@ -105,13 +117,15 @@ def test_tone_session_records_a_webm_of_the_recorded_length(start_recorder):
     assert document.get("spec") == {"sampleRate": 16000, "channels": 1, "bitDepth": 16}
     assert document.get("fileSize") == stored_wav.stat().st_size
     assert document.get("url") == firebase["url"] and document.get("source") == "recorder"
+    # Stored and completed: the local WebM, remux and WAV are gone, the sidecar stays.
+    assert media_left(recorder) == []
 
     again_status, again = recorder.call("POST", f"/sessions/{started['sid']}/stop")
     assert (again_status, again) == (200, stopped)
     assert recorder.call("GET", "/sessions") == (200, {"sessions": []})
 
 
-def test_two_concurrent_tone_sessions_stay_separate_files(start_recorder):
+def test_two_concurrent_tone_sessions_stay_separate_files(start_recorder, tmp_path):
     recorder = start_recorder()
     sessions = {}
     for hz in (440, 880):
@@ -126,9 +140,11 @@ def test_two_concurrent_tone_sessions_stay_separate_files(start_recorder):
     results = {hz: recorder.call("POST", f"/sessions/{s['sid']}/stop")[1]
                for hz, s in sessions.items()}
 
-    assert results[440]["path"] != results[880]["path"]
+    assert sessions[440]["filename"] != sessions[880]["filename"]
     for hz, result in results.items():
-        assert dominant_hz(Path(result["path"])) == pytest.approx(hz, rel=0.05)
+        assert "path" not in result
+        stored = downloaded(result["firebase"]["url"], tmp_path)
+        assert dominant_hz(stored) == pytest.approx(hz, rel=0.05)
 
 
 def test_every_endpoint_but_health_needs_the_secret(start_recorder):
@@ -182,12 +198,13 @@ def test_a_recording_survives_a_recorder_crash_and_is_recovered(start_recorder):
     webm = recorder.recordings / started["filename"]
     assert recorder.sidecar(started["filename"])["state"] == "recording"
     assert decoded_seconds(webm) >= 2.0  # ffmpeg decodes what the crash left (exit 0)
+    left = webm.stat().st_size
 
     restarted = start_recorder()  # same directory; recovery runs before it answers /health
     sidecar = restarted.sidecar(started["filename"])
     assert sidecar["state"] in ("stopped", "processing", "completed")
     assert sidecar["recovered"] is True
-    assert sidecar["bytes"] == webm.stat().st_size
+    assert sidecar["bytes"] == left
     assert sidecar["durationMs"] >= 2000
     status, result = restarted.call("POST", f"/sessions/{started['sid']}/stop")
     assert (status, result["status"], result["recovered"]) == (200, "stopped", True)
@@ -196,6 +213,7 @@ def test_a_recording_survives_a_recorder_crash_and_is_recovered(start_recorder):
                timeout=60, what="the recovered recording stored")
     document = firestore_client().collection("recordings").document(started["sid"]).get()
     assert document.get("status") == "completed" and document.get("duration") >= 2000
+    assert media_left(restarted) == []
 
 
 def test_recovery_hands_each_unfinished_recording_to_on_stopped_once(tmp_path, monkeypatch):
@@ -248,9 +266,8 @@ def test_sigterm_stops_every_session_cleanly_and_exits_0(start_recorder):
     assert recorder.proc.wait(timeout=60) == 0
     sidecar = recorder.sidecar(started["filename"])
     assert (sidecar["state"], sidecar["stopReason"]) == ("completed", "shutdown")
-    webm = recorder.recordings / started["filename"]
-    assert sidecar["bytes"] == webm.stat().st_size
-    assert decoded_seconds(webm) >= 1.5
+    assert sidecar["bytes"] > 0 and sidecar["durationMs"] >= 1500
+    assert media_left(recorder) == []  # stored before the exit, so nothing is kept
 
 
 def test_a_session_stops_by_itself_at_the_maximum_duration(start_recorder):
@@ -266,7 +283,8 @@ def test_a_session_stops_by_itself_at_the_maximum_duration(start_recorder):
     assert result["stopReason"] == "max_duration"
     wait_until(lambda: recorder.sidecar(started["filename"])["state"] == "completed",
                timeout=60, what="the auto-stopped recording stored")
-    assert decoded_seconds(Path(result["path"])) >= 1.5
+    document = firestore_client().collection("recordings").document(started["sid"]).get()
+    assert document.get("duration") >= 1500
 
 
 def test_a_fixture_file_is_recorded_until_it_ends(start_recorder, tmp_path):
@@ -285,7 +303,10 @@ def test_a_fixture_file_is_recorded_until_it_ends(start_recorder, tmp_path):
 
     result = recorder.call("GET", f"/sessions/{started['sid']}")[1]
     assert result["stopReason"] == "source_ended"
-    assert dominant_hz(Path(result["path"])) == pytest.approx(660, rel=0.05)
+    wait_until(lambda: recorder.sidecar(started["filename"])["state"] == "completed",
+               timeout=60, what="the recording stored")
+    document = firestore_client().collection("recordings").document(started["sid"]).get()
+    assert dominant_hz(downloaded(document.get("url"), tmp_path)) == pytest.approx(660, rel=0.05)
 
 
 def test_idle_auto_stop_is_for_agora_sessions_nobody_is_in(tmp_path, monkeypatch):
@@ -328,7 +349,8 @@ def test_storage_down_at_stop_keeps_the_files_and_the_next_start_stores_them(sta
         "failed", None, "storage_unavailable")
     sidecar = recorder.sidecar(started["filename"])
     assert (sidecar["state"], sidecar["retryCount"]) == ("failed", 1)
-    assert (recorder.recordings / started["filename"]).exists()
+    stem = started["filename"].removesuffix(".webm")
+    assert media_left(recorder) == sorted([f"{stem}.webm", f"{stem}.remux.webm", f"{stem}.wav"])
     document = firestore_client().collection("recordings").document(started["sid"])
     assert document.get().get("status") == "failed"
     recorder.proc.send_signal(signal.SIGTERM)
@@ -341,7 +363,35 @@ def test_storage_down_at_stop_keeps_the_files_and_the_next_start_stores_them(sta
     assert (stored.get("status"), stored.get("format")) == ("completed", "wav")
     with urllib.request.urlopen(stored.get("url"), timeout=30) as response:
         assert response.read(4) == b"RIFF"
+    assert media_left(restarted) == []
     # No call: the channel name is not parsed for parties, and the document says so.
     assert (stored.get("groupId"), stored.get("user1"), stored.get("user2"),
             stored.get("participants"), stored.get("partiesKnown")) == (
         None, None, None, [], False)
+
+
+def test_the_next_start_removes_media_left_of_recordings_already_stored(start_recorder,
+                                                                        tmp_path):
+    """A recorder that stopped after storing a recording but before removing its files:
+    the next start removes them when the document says completed, and keeps them else."""
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for sid in ("s-stored", "s-unknown"):
+        stem = f"g_{sid}_x_2026-01-01T00-00-00"
+        for suffix in (".webm", ".remux.webm", ".wav"):
+            (folder / f"{stem}{suffix}").write_bytes(b"media")
+        (folder / f"{stem}.json").write_text(json.dumps(
+            {"sid": sid, "channel": f"g_{sid}_x", "state": "completed", "recordingId": sid}))
+    firestore_client().collection("recordings").document("s-stored").set(
+        {"status": "completed", "storagePath": "recordings/x.wav"})
+
+    recorder = start_recorder()
+
+    assert recorder.recordings == folder
+    stem = "g_s-unknown_x_2026-01-01T00-00-00"
+    assert media_left(recorder) == sorted([f"{stem}.webm", f"{stem}.remux.webm", f"{stem}.wav"])
+    assert recorder.sidecar("g_s-stored_x_2026-01-01T00-00-00.webm")["state"] == "completed"
+    health = recorder.call("GET", "/health")[1]
+    assert health["disk"]["recordingsBytes"] == sum(
+        p.stat().st_size for p in folder.iterdir())
+    assert health["disk"]["freeBytes"] > 0

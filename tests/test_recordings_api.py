@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from django.conf import settings
 
 from devstack.emulators import free_port, wait_until
@@ -69,6 +71,7 @@ def test_stop_answers_the_seed_shape_once_the_wav_is_stored(as_user, recorder):
     assert body["firebase"]["storagePath"] == f"recordings/{body['filename']}"
     assert body["firebase"]["firestoreId"] == started["sid"]
     assert stored(call["callId"])["recordingId"] == started["sid"]
+    assert "path" not in body and str(recorder.recordings) not in response.content.decode()
 
 
 def test_status_and_list_show_each_user_their_own(as_user, recorder):
@@ -160,9 +163,18 @@ def test_an_unreachable_recorder_is_503(as_user, settings):
     recorder_client._http.cache_clear()
 
 
-def test_health_reports_the_recorder(client, recorder, settings):
+def test_health_reports_the_recorder(client, recorder, settings, tmp_path):
+    (recorder.recordings / "left-behind.webm").write_bytes(b"x" * 1000)
+    settings.RECORDING_UPLOADS_DIR = tmp_path / "uploads"
+    (settings.RECORDING_UPLOADS_DIR / ".incoming").mkdir(parents=True)
+    (settings.RECORDING_UPLOADS_DIR / "a.m4a").write_bytes(b"x" * 300)
+    (settings.RECORDING_UPLOADS_DIR / ".incoming" / "b.part").write_bytes(b"x" * 200)
     body = client.get("/api/health").json()
-    assert body["recorder"]["status"] == "ok" and body["recorder"]["browser"] in ("up", "down")
+    assert (body["recorder"]["status"], body["recorder"]["browser"]) == ("ok", "up")
+    # Disk used by what is not in Storage yet: the recorder's directory and the uploads.
+    assert body["recorder"]["disk"]["recordingsBytes"] == 1000
+    assert body["disk"]["recordingsBytes"] == 500
+    assert body["disk"]["freeBytes"] > 0 and body["recorder"]["disk"]["freeBytes"] > 0
     settings.RECORDER_SERVICE_URL = f"http://127.0.0.1:{free_port()}"
     body = client.get("/api/health").json()
     assert body["recorder"]["status"] == "down" and body["status"] == "ok"
@@ -263,3 +275,51 @@ def test_retry_upload_of_a_failed_recorder_recording_asks_the_recorder(as_user,
     wait_until(lambda: recording.get().get("status") == "failed", timeout=30,
                what="the recording failed again")
     assert recording.get().get("retryCount") == 2
+
+
+def test_racing_starts_on_one_call_share_one_session_until_it_stops(start_server,
+                                                                     start_recorder,
+                                                                     securetoken, as_user):
+    recorder = start_recorder()
+    # Two workers: the starts race across processes, not only threads of one.
+    base = start_server(MEMHARBOR_DEBUG="1", GUNICORN_WORKERS="2",
+                        RECORDER_SERVICE_URL=recorder.base, RECORDER_SECRET=recorder.secret)
+    call = invite(as_user)
+    headers = {who: {"Authorization": f"Bearer {securetoken.mint(who)}"}
+               for who in ("alice", "bob")}
+
+    def post(path: str, body: dict, who: str = "alice"):
+        return requests.post(f"{base}{path}", json=body, headers=headers[who], timeout=120)
+
+    def start(who: str = "alice") -> dict:
+        response = post("/api/recording/start",
+                        {"channel": call["channelName"], "source": "tone:440"}, who)
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    def active() -> list[str]:
+        return [s["sid"] for s in recorder.call("GET", "/sessions")[1]["sessions"]]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(start, ["alice", "bob"] * 3))
+    sids = {answer["sid"] for answer in answers}
+    assert len(sids) == 1 and active() == list(sids)
+    first = sids.pop()
+    assert start("bob")["sid"] == first  # while it records, a start answers it
+
+    # A stop releases the call: the next start is a new session.
+    assert post("/api/recording/stop", {"sid": first}).status_code == 200
+    second = start()["sid"]
+    assert second != first and active() == [second]
+    # A session that ended by itself (stopped at the recorder) does not hold the call.
+    assert recorder.call("POST", f"/sessions/{second}/stop")[0] == 200
+    third = start()["sid"]
+    assert third not in (first, second) and active() == [third]
+
+    # The call ends: every session on its channel stops, and the claim is gone.
+    assert post("/api/call/answer", {"call_id": call["callId"], "action": "accept"},
+                "bob").status_code == 200
+    assert post("/api/call/end", {"call_id": call["callId"]}).status_code == 200
+    wait_until(lambda: active() == [], timeout=60, what="the call's sessions stopped")
+    claim = firestore_client().collection("recordingSessions").document(call["callId"])
+    assert not claim.get().exists

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
+
+import pytest
 
 from devstack.emulators import free_port
 
@@ -52,3 +56,45 @@ def test_storage_down_degrades_health_but_stays_200(start_server):
     assert status == 200
     assert body["status"] == "degraded"
     assert body["firestore"]["status"] == "ok" and body["storage"]["status"] == "down"
+
+
+def _raw_get(base: str, path: str, *, host: str | None = None):
+    """(status, content type, body) of a GET sending `host` as the Host header."""
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=20)
+    try:
+        connection.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("debug", ["0", "1"], ids=["production", "dev-mode"])
+def test_gunicorn_answers_a_bad_host_and_an_unknown_path_with_json(start_server, debug):
+    base = start_server(MEMHARBOR_DEBUG=debug)
+    status, content_type, body = _raw_get(base, "/api/health/live", host="evil.example")
+    assert (status, content_type) == (400, "application/json"), body
+    assert json.loads(body)["error"]["code"] == "disallowed_host"
+    status, content_type, body = _raw_get(base, "/")
+    assert (status, content_type) == (404, "application/json"), body
+    assert json.loads(body) == {"success": False, "error": {
+        "code": "not_found", "message": "No endpoint at /."}}
+
+
+def test_gunicorn_refuses_a_chunked_json_body_with_411(start_server, securetoken):
+    base = start_server()
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=20)
+    try:
+        connection.request("POST", "/api/token", body=iter([b'{"channel": "c", ', b'"uid": 1}']),
+                           encode_chunked=True, headers={
+                               "Content-Type": "application/json",
+                               "Authorization": f"Bearer {securetoken.mint('alice')}"})
+        response = connection.getresponse()
+        status, body = response.status, json.loads(response.read())
+    finally:
+        connection.close()
+    assert status == 411, body
+    assert body["success"] is False and body["error"]["code"] == "length_required"

@@ -58,3 +58,18 @@ def test_a_malformed_agora_app_id_stops_start_up(tmp_path):
 def test_debug_mode_boots_with_nothing_set(tmp_path):
     result = _boot(tmp_path, MEMHARBOR_DEBUG="1")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_bad_token_channel_policy_stops_start_up(tmp_path):
+    result = _boot(tmp_path, **{**PRODUCTION, "TOKEN_CHANNEL_POLICY": "anyone"})
+    assert result.returncode != 0
+    assert "TOKEN_CHANNEL_POLICY must be 'call' or 'authenticated'" in result.stderr
+
+
+def test_the_recorder_refuses_to_start_without_its_secret(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RECORDER_SECRET", "RECORDER_ALLOW_NO_SECRET")}
+    result = subprocess.run([sys.executable, "-m", "recorder"], env={
+        **env, "RECORDINGS_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "RECORDER_SECRET is not set" in result.stdout + result.stderr

@@ -1,0 +1,56 @@
+"""Behaviour README promises that no other test pinned down (issue 17's list)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from core.clock import utc_now
+from recordings import store
+from recordings.documents import recording_document
+from tests.conftest import post_json
+from tests.test_calls import INVITE, error_of
+
+
+def _stored_recording(recording_id: str, *, minutes_ago: int, participants=("alice", "bob")):
+    call = {"callerId": participants[0], "receiverId": participants[1], "groupId": "g"}
+    created = utc_now() - timedelta(minutes=minutes_ago)
+    store.recording_move(recording_id, "process", create=recording_document(
+        recording_id=recording_id, source="recorder", status="processing", call=call,
+        call_id=f"call-{recording_id}", channel="g_alice_bob_1", filename=f"{recording_id}.wav",
+        fmt="wav", recorded_at=created, now=created))
+
+
+def test_recording_list_is_newest_first_and_pages_by_cursor(as_user):
+    for name, minutes in (("old", 30), ("mid", 20), ("new", 10)):
+        _stored_recording(name, minutes_ago=minutes)
+    _stored_recording("others", minutes_ago=5, participants=("carol", "dave"))
+    first = as_user("alice").get("/api/recording/list?limit=2").json()
+    assert [r["recordingId"] for r in first["recordings"]] == ["new", "mid"]
+    assert first["nextCursor"] == "mid"
+    rest = as_user("alice").get(f"/api/recording/list?limit=2&cursor={first['nextCursor']}").json()
+    assert ([r["recordingId"] for r in rest["recordings"]], rest["nextCursor"]) == (["old"], None)
+    error_of(as_user("alice").get("/api/recording/list?cursor=no-such-recording"), 404,
+             "bad_cursor")
+
+
+def test_an_idempotency_key_over_255_characters_is_400(as_user):
+    response = as_user("alice").post("/api/call/invite", INVITE,
+                                     {"Idempotency-Key": "k" * 256})
+    assert "Idempotency-Key" in error_of(response, 400, "validation_error")["message"]
+
+
+def test_an_upload_without_a_length_is_411_and_a_bad_length_is_400(client, bearer):
+    headers = bearer("alice")
+    response = client.generic("POST", "/api/recordings/upload", b"",
+                              CONTENT_TYPE="multipart/form-data; boundary=x",
+                              HTTP_AUTHORIZATION=headers["Authorization"], CONTENT_LENGTH="")
+    error_of(response, 411, "length_required")
+    response = client.generic("POST", "/api/call/invite", b"{}", CONTENT_TYPE="application/json",
+                              HTTP_AUTHORIZATION=headers["Authorization"], CONTENT_LENGTH="abc")
+    assert "Content-Length" in error_of(response, 400, "bad_request")["message"]
+
+
+def test_the_token_version_setting_picks_006(client, bearer, settings, any_channel):
+    settings.AGORA_TOKEN_VERSION = "006"
+    response = post_json(client, "/api/token", {"channel": "c", "uid": 1}, bearer("alice"))
+    assert response.json()["token"].startswith("006" + settings.AGORA_APP_ID)
