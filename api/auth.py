@@ -154,3 +154,23 @@ class RecorderAuth(APIKeyHeader):
 user_auth = UserAuth()
 recorder_auth = RecorderAuth()
 ops_or_admin_auth = OpsOrAdminAuth()
+
+
+def docs_access(view):
+    """The OpenAPI docs and schema: open in debug mode or with API_DOCS_PUBLIC=1, else for
+    the ops key or an admin (they list every endpoint and error an attacker would probe)."""
+    from functools import wraps
+
+    from api.errors import api_error_response
+    from core.errors import AppError
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args, **kwargs):
+        if not (settings.DEBUG or settings.API_DOCS_PUBLIC):
+            try:
+                ops_or_admin_auth(request)
+            except AppError as exc:
+                return api_error_response(exc)
+        return view(request, *args, **kwargs)
+
+    return guarded

@@ -11,6 +11,7 @@ from ninja.parser import Parser
 
 from api import errors
 from api.analysis import analysis_router, analyze_router
+from api.auth import docs_access
 from api.calls import router as call_router
 from api.health import router as health_router
 from api.library import admin_router, calls_router, recordings_router, users_router
@@ -38,6 +39,7 @@ api = NinjaAPI(
     version="1",
     description="Agora tokens, calls, pushes and recordings for Memharbor's mobile apps.",
     urls_namespace="api",
+    docs_decorator=docs_access,
 )
 
 api.add_router("/health", health_router)

@@ -69,6 +69,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES  # form fields; file data goes 
 FILE_UPLOAD_HANDLERS = ["api.uploads.RecordingUploadHandler"]
 DATA_UPLOAD_MAX_NUMBER_FILES = 1
 HEALTH_TIMEOUT_SECONDS = env.float("HEALTH_TIMEOUT_SECONDS", default=2.0)
+# /api/docs and /api/openapi.json: open with debug on or this set, else ops key or admin.
+API_DOCS_PUBLIC = env.bool("API_DOCS_PUBLIC", default=False)
 
 # Calls
 CALL_RING_TIMEOUT_SECONDS = env.int("CALL_RING_TIMEOUT_SECONDS", default=60)

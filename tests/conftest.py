@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from api.auth import verified_tokens
 from calls.services import _token_members
 from devstack.emulators import Emulators, _http_ok, free_port, spawn, stop, wait_until
 from push import services as push_services
+from recorder_bridge import client as recorder_client
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.fcm import FakeFCM
 from tests.fakes.firebase_auth import FakeSecureToken
@@ -100,21 +102,36 @@ def fcm():
     fake.stop()
 
 
-@pytest.fixture(autouse=True)
-def fresh_state(emulators, securetoken, apns, fcm):
-    """Every test starts with empty Firestore and Storage, quiet fakes and no caches, and
-    fails if it made the server send a push Apple or iOS would punish (a VoIP push that is
-    not an incoming call, a background push at priority 10, ...)."""
+@pytest.fixture
+def stack(emulators, securetoken, apns, fcm):
+    """Every test of the server starts with empty Firestore, Storage and uploads directory,
+    quiet fakes and no caches, and fails if it made the server send a push Apple or iOS
+    would punish (a VoIP push that is not an incoming call, a background push at priority
+    10, ...)."""
     emulators.wipe()
+    uploads = Path(settings.RECORDING_UPLOADS_DIR)
+    shutil.rmtree(uploads, ignore_errors=True)
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
     verified_tokens.clear()
     _token_members.clear()
+    recorder_client._http.cache_clear()
     securetoken.available = True
     apns.reset()
     fcm.reset()
     push_services.apns_client.cache_clear()
     push_services.fcm_client.cache_clear()
     yield
+    recorder_client._http.cache_clear()
     assert not apns.violations, "pushes Apple/iOS would punish:\n" + "\n".join(apns.violations)
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(request):
+    """The server's tests get `stack`; tests of pure code (marked `pure`) run without the
+    emulators, the fakes or Java."""
+    if request.node.get_closest_marker("pure") is None:
+        request.getfixturevalue("stack")
+    yield
 
 
 @pytest.fixture

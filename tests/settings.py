@@ -18,6 +18,11 @@ _TEST_ENV = {
     "FIREBASE_STORAGE_BUCKET": "demo-memharbor-test.appspot.com",
     "LOG_DIR": tempfile.mkdtemp(prefix="memharbor-test-logs-"),
     "RECORDINGS_DIR": tempfile.mkdtemp(prefix="memharbor-test-recordings-"),
+    # This process talks to Firestore over gRPC while it starts servers (fork + exec with a
+    # preexec hook): gRPC's fork handlers then run in the child and can abort it before
+    # exec ("epoll_wait ... Bad file descriptor", exit -6). Read when grpc is imported,
+    # which the settings below do.
+    "GRPC_ENABLE_FORK_SUPPORT": "false",
 }
 # The test run's values win over a developer's .env.
 os.environ.update(_TEST_ENV)

@@ -37,10 +37,7 @@ WAIT_S = 120  # how long a test waits for a webhook before it gives up (not a me
 LIMIT_MB = 1
 
 
-@pytest.fixture(autouse=True)
-def fresh_state():
-    """The analyzer touches no Firestore or Storage: no emulators for these tests."""
-    yield
+pytestmark = pytest.mark.pure  # the analyzer touches no Firestore or Storage
 
 
 def throwaway_secret() -> str:

@@ -16,6 +16,8 @@ from calls.states import (
     decide,
 )
 
+pytestmark = pytest.mark.pure  # no emulators needed
+
 P, A = Status.PENDING, Status.ACCEPTED
 C, R, S = Actor.CALLER, Actor.RECEIVER, Actor.SYSTEM
 

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fakes.apns import FakeAPNs
 
+pytestmark = pytest.mark.pure  # no emulators needed
+
 TEAM, KID, BUNDLE = "TEAM123456", "KEY1234567", "com.memharbor.app"
 DEVICE, OTHER = "ab" * 32, "cd" * 32
 APNS_ID = "123E4567-E89B-12D3-A456-426614174000"

@@ -9,6 +9,8 @@ from google.oauth2 import service_account
 
 from tests.fakes.fcm import FakeFCM, fcm_error_code
 
+pytestmark = pytest.mark.pure  # no emulators needed
+
 PROJECT = "demo-memharbor-fcm"
 SCOPES = ["https://www.googleapis.com/auth/firebase.messaging"]
 

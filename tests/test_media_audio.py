@@ -29,6 +29,8 @@ from media.audio import (
     validate_wav,
 )
 
+pytestmark = pytest.mark.pure  # no emulators needed
+
 TONE_MS = 3000
 LONG_TONE_MS = 5000
 TOLERANCE_MS = 100

@@ -7,6 +7,7 @@ import subprocess
 from datetime import UTC, datetime
 
 import pytest
+from django.conf import settings
 from django.http import HttpResponseBase
 from ninja.operation import Operation
 from ninja.responses import Status
@@ -36,9 +37,19 @@ KNOWN = {
 
 @pytest.fixture
 def spec(client) -> dict:
-    response = client.get("/api/openapi.json")
+    response = client.get("/api/openapi.json", headers={"X-Ops-Key": settings.OPS_API_KEY})
     assert response.status_code == 200
     return response.json()
+
+
+def test_the_docs_are_for_ops_and_admins_unless_made_public(client, bearer, settings):
+    for path in ("/api/openapi.json", "/api/docs"):
+        assert client.get(path).json()["error"]["code"] == "unauthenticated"
+        assert client.get(path, headers=bearer("alice")).json()["error"]["code"] == (
+            "admin_required")
+        assert client.get(path, headers=bearer("root", admin=True)).status_code == 200
+    settings.API_DOCS_PUBLIC = True
+    assert client.get("/api/openapi.json").status_code == 200
 
 
 def _resolve(spec: dict, schema: dict) -> dict:

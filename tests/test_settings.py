@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.pure  # no emulators needed
+
 PRODUCTION = {
     "MEMHARBOR_DEBUG": "0",
     "MEMHARBOR_SECRET_KEY": "k" * 40,

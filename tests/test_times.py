@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from core.errors import ValidationFailed
 from library.times import day_or_time_bound, instant_parse, window_bounds
 
+pytestmark = pytest.mark.pure  # no emulators needed
+
 BOUND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
 DIGITS = st.sampled_from("0123456789²³¹٣۴߅१৪੫૬୭௮౯೦൧๒໓༤၅႖៧᠘")  # ASCII and other scripts'
 
