@@ -4,8 +4,8 @@
 
 Over several nodes each operation goes where it belongs: a new session to the node with the
 most room (the next one when a node answers `recorder_busy`), a session's own paths to the
-node holding it, the session list merged from all, a retry asked of all (each retries only
-the files it has)."""
+node holding it, the session list merged from all, the retry of one recording to the node
+that recorded it (its `recorderNode`), the sweep's retry to all (each retries its own)."""
 
 from __future__ import annotations
 
@@ -69,8 +69,10 @@ def recorder_call(method: str, path: str, *, json: dict | None = None,
                 log.warning("recorder_node_unreachable", url=url)
         return {"sessions": sessions}
     if path == "/recordings/retry":
+        holder = placement.recorder_url_of_recording((json or {}).get("sid"))
         return {"retrying": sum(int(_request(url, method, path, json=json, timeout=timeout)
-                                    .get("retrying") or 0) for url in urls)}
+                                    .get("retrying") or 0) for url in ([holder] if holder
+                                                                       else urls))}
     if _SESSION_PATH.match(path):
         not_found: AppError | None = None
         unreachable: AppError | None = None

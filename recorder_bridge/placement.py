@@ -7,7 +7,7 @@ from django.conf import settings
 
 from core.clock import utc_now
 from core.errors import RecorderBusy, RecorderUnavailable
-from recordings import nodes
+from recordings import nodes, store
 
 
 def recorder_configured() -> bool:
@@ -45,3 +45,16 @@ def recorder_urls_for_new_session() -> list[str]:
     if not ranked:
         raise RecorderBusy()
     return [node["url"] for _, node in ranked]
+
+
+def recorder_url_of_recording(sid: str | None) -> str | None:
+    """The healthy node that recorded `sid` (the document's `recorderNode`; its files are
+    there), or None when that is not known (then every node is asked)."""
+    if not settings.RECORDER_NODES or not sid:
+        return None
+    node_id = (store.recording_read(sid) or {}).get("recorderNode")
+    try:
+        healthy = _healthy()
+    except RecorderUnavailable:
+        return None
+    return next((node["url"] for node in healthy if node["nodeId"] == node_id), None)

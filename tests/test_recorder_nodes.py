@@ -4,11 +4,12 @@ most free capacity and sends stop/status/retry to the node holding the session."
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
 
-from devstack.emulators import wait_until
+from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
 from tests.test_calls import invite
@@ -119,3 +120,43 @@ def test_a_node_that_shuts_down_leaves_and_none_healthy_is_recorder_unavailable(
     _, refused = _start(as_user, 2)
     assert refused.status_code == 503, refused.content
     assert refused.json()["error"]["code"] == "recorder_unavailable"
+
+
+def test_a_failed_upload_is_retried_by_the_node_that_recorded_it(
+        as_user, start_recorder, settings, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    a = start_recorder(RECORDINGS_DIR=str(tmp_path / "node-a"), RECORDER_NODE_ID="node-a",
+                       RECORDER_MAX_SESSIONS="2", RECORDER_HEARTBEAT_SECONDS="0.5",
+                       FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
+                       STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
+                       DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    b = start_recorder(RECORDINGS_DIR=str(tmp_path / "node-b"), RECORDER_NODE_ID="node-b",
+                       RECORDER_MAX_SESSIONS="1", RECORDER_HEARTBEAT_SECONDS="0.5")
+    for node_id, recorder in (("node-a", a), ("node-b", b)):
+        wait_until(lambda n=node_id, r=recorder: _node(n).get("url") == r.base, timeout=30,
+                   what=f"{node_id} registered")
+    settings.DEBUG, settings.RECORDER_SERVICE_URL, settings.RECORDER_NODES = True, "", True
+    settings.RECORDER_HEARTBEAT_SECONDS = 60  # node-b stays "healthy" after it dies below
+    settings.RECORDER_SECRET = start_recorder.secret
+    recorder_client._http.cache_clear()
+
+    _, started = _start(as_user, 1)
+    assert started.status_code == 200, started.content
+    sid, filename = started.json()["sid"], started.json()["filename"]
+    assert _on(a, sid)  # more room on node-a, whose Storage is down
+    sidecar = tmp_path / "node-a" / filename.replace(".webm", ".json")
+    wait_until(lambda: json.loads(sidecar.read_text())["chunks"] >= 2, timeout=30,
+               what="two chunks on node-a")
+    stopped = as_user("caller1").post("/api/recording/stop", {"sid": sid})
+    assert (stopped.status_code, stopped.json()["status"]) == (200, "failed"), stopped.content
+    document = firestore_client().collection("recordings").document(sid)
+    assert (document.get().get("status"), document.get().get("recorderNode")) == (
+        "failed", "node-a")
+    b.kill_hard()  # asking every node would now fail on node-b
+
+    retried = as_user("caller1").post(f"/api/recordings/{sid}/retry-upload", {})
+
+    assert retried.status_code == 202, retried.content
+    wait_until(lambda: json.loads(sidecar.read_text())["retryCount"] == 2, timeout=60,
+               what="node-a retrying the upload (Storage still down there)")
+    recorder_client._http.cache_clear()
