@@ -23,7 +23,7 @@ from devstack.emulators import free_port
 from integrations.firebase import firestore_client, storage_bucket
 from ops.sweep import sweep_run
 from tests.fakes.analysis_server import RESULT, FakeAnalysisServer, new_secret, sign
-from tests.test_calls import error_of, invite, stored
+from tests.helpers import error_of, invite, stored
 
 WEBHOOK = "/api/webhooks/analysis"
 

@@ -19,7 +19,7 @@ import pytest
 from devstack.emulators import _http_ok, free_port, spawn, stop, wait_until
 from integrations.firebase import firestore_client
 from media.audio import convert_to_wav
-from tests.test_calls import invite
+from tests.helpers import invite
 
 SPEECH_KO = ("안녕하세요 어머니. 오늘 날씨가 참 좋네요. 점심은 드셨어요? "
              "이번 주 일요일에 찾아갈게요.")

@@ -14,39 +14,7 @@ from calls.services import _token_members
 from core.clock import utc_now
 from integrations.firebase import firestore_client
 from tests.conftest import api_log_lines, post_json
-
-INVITE = {"group_id": "group1", "caller_id": "alice", "receiver_id": "bob",
-          "caller_name": "Alice Kim", "group_name_snapshot": "Boston Care Group",
-          "receiver_name_snapshot": "김영옥"}
-
-
-def invite(as_user, **overrides) -> dict:
-    body = {**INVITE, **overrides}
-    response = as_user(body["caller_id"]).post("/api/call/invite", body)
-    assert response.status_code == 200, response.content
-    return response.json()
-
-
-def stored(call_id: str) -> dict:
-    return firestore_client().collection("calls").document(call_id).get().to_dict()
-
-
-def age(call_id: str, seconds: int, *fields: str) -> None:
-    """Move the call's timestamps `seconds` into the past, as if time had passed."""
-    doc = stored(call_id)
-    db = firestore_client()
-    db.collection("calls").document(call_id).update(
-        {f: doc[f] - timedelta(seconds=seconds) for f in ("createdAt", *fields)})
-    db.collection("channels").document(doc["channelName"]).update(
-        {"createdAt": doc["createdAt"] - timedelta(seconds=seconds)})
-
-
-def error_of(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content
-    error = response.json()["error"]
-    assert error["code"] == code
-    return error
-
+from tests.helpers import INVITE, age, error_of, invite, stored
 
 # --- invite and status -------------------------------------------------------------
 

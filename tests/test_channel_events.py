@@ -8,8 +8,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -21,7 +19,7 @@ from calls.states import Status
 from core.clock import utc_now
 from integrations.firebase import firestore_client
 from tests.conftest import post_json
-from tests.test_calls import error_of, invite, stored
+from tests.helpers import error_of, http_json, invite, stored
 
 SECRET = secrets.token_hex(16)
 ALICE_UID, BOB_UID = 1001, 2002
@@ -57,14 +55,7 @@ def event(event_type: int, channel: str, uid: int | None = None, *, seq: int = 0
 
 
 def post(base: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{base}/api/webhooks/agora", data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json("POST", f"{base}/api/webhooks/agora", body, headers)
 
 
 def send(base: str, *args, **kwargs) -> dict:
@@ -261,14 +252,7 @@ def test_the_sweep_ends_a_stale_accepted_call_nobody_looks_at(as_user, client, n
 
 
 def _hang_up(base: str, headers: dict, call_id: str) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{base}/api/call/end", data=json.dumps({"call_id": call_id}).encode(), method="POST",
-        headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json("POST", f"{base}/api/call/end", {"call_id": call_id}, headers)
 
 
 def test_a_leave_racing_a_hang_up_has_one_winner_with_a_consistent_reason(as_user, server):

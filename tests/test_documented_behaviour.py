@@ -8,7 +8,7 @@ from core.clock import utc_now
 from recordings import store
 from recordings.documents import recording_document
 from tests.conftest import post_json
-from tests.test_calls import INVITE, error_of
+from tests.helpers import INVITE, error_of
 
 
 def _stored_recording(recording_id: str, *, minutes_ago: int, participants=("alice", "bob")):

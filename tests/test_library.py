@@ -5,7 +5,6 @@ Range, downloads, the admin listing, upload statistics and retries."""
 from __future__ import annotations
 
 import email
-import hashlib
 import os
 import subprocess
 import urllib.parse
@@ -22,12 +21,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from api import delivery
-from devstack.emulators import free_port
 from integrations.firebase import firestore_client, storage_bucket
 from library.lookups import MediaFile
 from media import audio
 from ops.sweep import sweep_run
-from tests.test_calls import error_of, invite, stored
+from tests.helpers import error_of, invite, sha256_of, storage_down, stored
 
 KOREAN_NAME = "엄마와 통화 11월.m4a"
 
@@ -87,10 +85,6 @@ def document(recording_id: str) -> dict:
     return firestore_client().collection("recordings").document(recording_id).get().to_dict()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture
 def call(as_user) -> dict:
     return invite(as_user)
@@ -116,7 +110,7 @@ def test_an_m4a_from_the_phone_is_kept_as_original_and_speech_ready_wav(client, 
     assert abs(answer["duration"] - 3000) <= 100
     recording = document(answer["recordingId"])
     assert recording["source"] == "upload"
-    assert recording["sha256"] == _sha256(media["m4a"])
+    assert recording["sha256"] == sha256_of(media["m4a"])
     assert (recording["originalFilename"], recording["originalFormat"]) == (KOREAN_NAME, "m4a")
     assert (recording["user1"], recording["user2"], recording["participants"]) == (
         "alice", "bob", ["alice", "bob"])
@@ -233,10 +227,8 @@ def test_a_recording_over_the_limit_is_refused_while_it_streams(client, alice, c
 
 def test_storage_down_keeps_the_upload_and_a_retry_completes_it(start_server, securetoken,
                                                                 as_user, call, media, client):
-    dead = f"http://127.0.0.1:{free_port()}"
-    base = start_server(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
-                        STORAGE_UPLOAD_TIMEOUT_SECONDS="1", STORAGE_REQUEST_TIMEOUT_SECONDS="1",
-                        DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    base = start_server(**{**storage_down(), "STORAGE_UPLOAD_TIMEOUT_SECONDS": "1",
+                           "STORAGE_REQUEST_TIMEOUT_SECONDS": "1"})
     headers = {"Authorization": f"Bearer {securetoken.mint('alice')}"}
     with media["ogg"].open("rb") as file:
         response = requests.post(f"{base}/api/recordings/upload", headers=headers,
@@ -344,7 +336,7 @@ def test_check_exists_by_call_by_file_and_by_channel_and_time(client, alice, bea
         assert response.status_code == 200, response.content
         return response.json()
 
-    sha = _sha256(media["m4a"])
+    sha = sha256_of(media["m4a"])
     channel = urllib.parse.quote(call["channelName"])
     created_ms = int(stored(call["callId"])["createdAt"].timestamp() * 1000)
     assert check(f"call_id={call['callId']}") == {"exists": False, "recordingId": None,

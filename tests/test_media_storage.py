@@ -25,6 +25,7 @@ from media.storage import (
     recording_upload,
     recording_url,
 )
+from tests.helpers import sha256_of
 
 MiB = 1024 * 1024
 
@@ -33,10 +34,6 @@ def _recording(tmp_path: Path, name: str, size: int) -> Path:
     path = tmp_path / name
     path.write_bytes(os.urandom(size))
     return path
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _fetch(url: str) -> bytes:
@@ -107,7 +104,7 @@ def test_an_hour_long_call_goes_up_in_resumable_chunks_and_comes_back_identical(
     assert kept.content_type == "audio/wav" and kept.metadata["callId"] == "call-1"
     copy = tmp_path / "copy.wav"
     again = recording_download(object_name="recordings/family_call.wav", dst=copy)
-    assert _sha256(copy.read_bytes()) == _sha256(data)
+    assert sha256_of(copy.read_bytes()) == sha256_of(data)
     assert again.generation == stored.generation and again.url is None
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
@@ -124,7 +121,7 @@ def test_a_chunk_whose_answer_was_lost_still_ends_in_a_whole_recording(tmp_path,
 
     assert network.chunks_sent > 10  # the chunk was sent again
     assert stored.size == wav.stat().st_size
-    assert _sha256(_fetch(stored.url)) == _sha256(wav.read_bytes())
+    assert sha256_of(_fetch(stored.url)) == sha256_of(wav.read_bytes())
 
 
 def test_the_apps_play_a_recording_from_its_url_without_credentials(tmp_path):

@@ -17,7 +17,7 @@ from api.schemas import CallDocument, ErrorBody, RecordingStopOut
 from devstack.emulators import wait_until
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
-from tests.test_calls import invite
+from tests.helpers import invite
 from tests.test_channel_events import SECRET, event, signed
 
 METHODS = {"get", "post", "put", "patch", "delete"}

@@ -18,7 +18,7 @@ from integrations.firebase import firestore_client
 from push import devices as push_devices
 from push import services as push_services
 from tests.conftest import APNS_BUNDLE, api_log_lines, post_json
-from tests.test_calls import INVITE, age, invite, stored
+from tests.helpers import INVITE, age, invite, stored
 
 VOIP_TOKEN = "ab" * 32
 APNS_TOKEN = "ac" * 32

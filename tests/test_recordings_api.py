@@ -13,7 +13,7 @@ from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
-from tests.test_calls import error_of, invite, stored
+from tests.helpers import error_of, invite, storage_down, stored
 
 
 @pytest.fixture
@@ -189,10 +189,7 @@ def test_stop_needs_exactly_one_of_sid_or_channel(as_user):
 def failed_recording(as_user, start_recorder, settings):
     """A recorder whose Storage is down, used by the API, and a recording of a call it
     could not store: (recorder, session)."""
-    dead = f"http://127.0.0.1:{free_port()}"
-    failing = start_recorder(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
-                             STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
-                             DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+    failing = start_recorder(**{**storage_down(), "STORAGE_UPLOAD_TIMEOUT_SECONDS": "1"})
     settings.RECORDER_SERVICE_URL, settings.RECORDER_SECRET = failing.base, failing.secret
     recorder_client._http.cache_clear()
     started = _tone_session(failing, invite(as_user))

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from devstack.emulators import free_port
+from tests.helpers import storage_down
 
 
 def _call(url: str, *, body: dict | None = None, headers: dict | None = None):
@@ -49,9 +50,7 @@ def test_firestore_down_makes_health_503_quickly(start_server):
 
 
 def test_storage_down_degrades_health_but_stays_200(start_server):
-    dead = f"http://127.0.0.1:{free_port()}"
-    base = start_server(FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
-                        HEALTH_TIMEOUT_SECONDS="1")
+    base = start_server(**storage_down(), HEALTH_TIMEOUT_SECONDS="1")
     status, body, _ = _call(f"{base}/api/health")
     assert status == 200
     assert body["status"] == "degraded"
