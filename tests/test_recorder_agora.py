@@ -25,7 +25,7 @@ from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
-from tests.test_calls import invite
+from tests.helpers import invite
 
 FAKE_SDK = Path(__file__).parent / "fakes" / "agora_sdk.js"
 RATE = 16000

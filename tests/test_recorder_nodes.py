@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from devstack.emulators import free_port, wait_until
+from devstack.emulators import wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
-from tests.test_calls import invite
+from tests.helpers import invite, storage_down
 
 
 def _node(node_id: str) -> dict:
@@ -124,12 +124,9 @@ def test_a_node_that_shuts_down_leaves_and_none_healthy_is_recorder_unavailable(
 
 def test_a_failed_upload_is_retried_by_the_node_that_recorded_it(
         as_user, start_recorder, settings, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}"
     a = start_recorder(RECORDINGS_DIR=str(tmp_path / "node-a"), RECORDER_NODE_ID="node-a",
                        RECORDER_MAX_SESSIONS="2", RECORDER_HEARTBEAT_SECONDS="0.5",
-                       FIREBASE_STORAGE_EMULATOR_HOST=dead, STORAGE_EMULATOR_HOST=dead,
-                       STORAGE_UPLOAD_TIMEOUT_SECONDS="1",
-                       DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA="true")
+                       **storage_down())
     b = start_recorder(RECORDINGS_DIR=str(tmp_path / "node-b"), RECORDER_NODE_ID="node-b",
                        RECORDER_MAX_SESSIONS="1", RECORDER_HEARTBEAT_SECONDS="0.5")
     for node_id, recorder in (("node-a", a), ("node-b", b)):
