@@ -6,6 +6,8 @@
 - Local development only (`AUTH_MODE=dev` with debug on): `Bearer dev:<uid>` and
   `Bearer dev:<uid>:admin`.
 - `X-Ops-Key: <OPS_API_KEY>` for ops endpoints (cron), compared in constant time.
+- `X-Recorder-Secret: <RECORDER_SECRET>` for the recorder process's own calls (its token
+  renewal), compared in constant time.
 """
 
 from __future__ import annotations
@@ -139,7 +141,25 @@ class OpsOrAdminAuth(APIKeyHeader):
         raise NotImplementedError
 
 
+class RecorderAuth(APIKeyHeader):
+    """The recorder process: `X-Recorder-Secret` equal to RECORDER_SECRET."""
+
+    param_name = "X-Recorder-Secret"
+
+    def __call__(self, request: HttpRequest) -> Principal:
+        given = request.headers.get("X-Recorder-Secret", "")
+        expected = settings.RECORDER_SECRET
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthenticated("Missing or wrong X-Recorder-Secret.",
+                                  code="invalid_recorder_secret")
+        return _remember(request, Principal(uid="recorder", via="recorder"))
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Principal:  # pragma: no cover
+        raise NotImplementedError
+
+
 user_auth = UserAuth()
+recorder_auth = RecorderAuth()
 ops_or_admin_auth = OpsOrAdminAuth()
 
 

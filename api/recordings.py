@@ -1,5 +1,5 @@
 """Recording endpoints (the seed's paths and shapes): start/stop the recorder bot on a
-call's channel, active sessions, stored recordings."""
+call's channel, active sessions, stored recordings; and the recorder's token renewal."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from django.http import HttpRequest
 from ninja import Query, Router, Schema
 from pydantic import Field, model_validator
 
-from api.auth import user_auth
+from api.auth import recorder_auth, user_auth
 from api.schemas import (
+    RecorderTokenOut,
     RecordingListOut,
     RecordingSessionsOut,
     RecordingStartOut,
@@ -17,7 +18,7 @@ from api.schemas import (
     answers,
 )
 from integrations.agora import CHANNEL_MAX_BYTES, agora_name
-from recorder_bridge import services
+from recorder_bridge import services, tokens
 
 router = Router(tags=["recordings"], auth=user_auth)
 
@@ -46,6 +47,16 @@ class StopIn(Schema):
     def _one_of(self):
         if (self.sid is None) == (self.channel is None):
             raise ValueError("send exactly one of sid or channel")
+        return self
+
+
+class TokenIn(Schema):
+    channel: str = Field(min_length=1, max_length=64)
+    uid: int = Field(ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _agora_channel(self):
+        agora_name(self.channel, what="channel", max_bytes=CHANNEL_MAX_BYTES)
         return self
 
 
@@ -79,3 +90,9 @@ def status(request: HttpRequest):
 def recordings(request: HttpRequest, params: Query[ListIn]):
     return services.recordings_list(principal=request.principal, limit=params.limit,
                                     cursor=params.cursor)
+
+
+@router.post("/token", auth=recorder_auth, **answers(RecorderTokenOut, 400, 401, 403, 410, 503),
+             summary="The recorder's next Agora token (X-Recorder-Secret); 410 once the call is over")
+def token(request: HttpRequest, payload: TokenIn):
+    return tokens.recorder_token_renew(channel=payload.channel, uid=payload.uid)

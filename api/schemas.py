@@ -112,9 +112,9 @@ _ERROR_DESCRIPTIONS = {
     400: "Bad request: validation_error (with `details`), malformed_json, "
          "malformed_multipart, self_call, unsupported_audio (with `reason`), bad_page_token",
     401: "No valid credentials: unauthenticated, invalid_token, token_expired, "
-         "invalid_authorization_header, invalid_signature",
+         "invalid_authorization_header, invalid_signature, invalid_recorder_secret",
     403: "Not allowed: forbidden, not_in_call, wrong_party, not_the_caller, admin_required, "
-         "invalid_ops_key, uid_reserved",
+         "invalid_ops_key, uid_reserved, wrong_uid",
     404: "Not found: not_found, call_not_found, recording_not_found, no_active_call, "
          "bad_cursor, no_original, recording_file_missing, session_not_found",
     409: "Conflict with the current state: invalid_transition (with `status`, `callId`), "
@@ -122,7 +122,8 @@ _ERROR_DESCRIPTIONS = {
          "recording_not_ready / not_failed (with `status`), source_missing, uid_taken",
     411: "length_required: send the upload with a Content-Length",
     410: "Gone: recording_deleted (the recording was deleted or is being deleted); "
-         "analysis_finished (the analysis job is final, its audio URL no longer works)",
+         "analysis_finished (the analysis job is final, its audio URL no longer works); "
+         "call_not_active (no more recorder tokens: the call is over)",
     413: "payload_too_large, recording_too_large",
     429: "too_many_attempts",
     416: "range_not_satisfiable (`Content-Range: bytes */<size>`)",
@@ -302,6 +303,12 @@ class RecordingStartOut(Out):
     uid: int | None = Field(description="The recorder bot's Agora uid")
     filename: str | None = Field(description="{channel}_{timestamp}.webm while recording")
     status: Literal["recording"]
+
+
+class RecorderTokenOut(Out):
+    token: str = Field(description="The recorder bot's next Agora RTC token")
+    expire_at: int = Field(description="Unix time (seconds) when the token expires")
+    expire_in: int = Field(description="Seconds from now until it expires (RECORDER_TOKEN_SECONDS)")
 
 
 class StorageRef(Out):

@@ -145,6 +145,12 @@ RECORDER_SERVICE_URL = env.str("RECORDER_SERVICE_URL", default="")
 RECORDER_SECRET = env.str("RECORDER_SECRET", default="")
 RECORDER_UID = env.int("RECORDER_UID", default=999999)  # the bot's Agora uid
 RECORDER_MAX_SECONDS = env.int("RECORDER_MAX_SECONDS", default=14400)
+# The bot's Agora tokens last this long; it asks POST /api/recording/token for the next one.
+RECORDER_TOKEN_SECONDS = env.int("RECORDER_TOKEN_SECONDS", default=3600)
+# Several recorders: place sessions over the nodes registered in Firestore recorderNodes
+# (healthy = a heartbeat within 3 x RECORDER_HEARTBEAT_SECONDS); off: RECORDER_SERVICE_URL.
+RECORDER_NODES = env.bool("RECORDER_NODES", default=False)
+RECORDER_HEARTBEAT_SECONDS = env.float("RECORDER_HEARTBEAT_SECONDS", default=10)
 RECORDER_START_TIMEOUT_SECONDS = env.float("RECORDER_START_TIMEOUT_SECONDS", default=30)
 # A stop answers after conversion and upload: allow for a long call.
 RECORDER_STOP_TIMEOUT_SECONDS = env.float("RECORDER_STOP_TIMEOUT_SECONDS", default=300)

@@ -172,6 +172,12 @@ class AnalysisFinished(Gone):
     message = "The analysis job is finished; its audio URL no longer works."
 
 
+class CallNotActive(AppError):
+    status = 410
+    code = "call_not_active"
+    message = "No ringing or accepted call on this channel any more."
+
+
 # --- 411 / 413 / 415 / 429 / 5xx ----------------------------------------------------------
 
 class LengthRequired(AppError):
@@ -213,3 +219,8 @@ class AudioUnavailable(ServiceUnavailable):
 class RecorderUnavailable(ServiceUnavailable):
     code = "recorder_unavailable"
     message = "The recorder service cannot be reached."
+
+
+class RecorderBusy(ServiceUnavailable):
+    code = "recorder_busy"
+    message = "Every recorder records as many sessions as it can; retry later."

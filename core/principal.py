@@ -11,5 +11,5 @@ class Principal:
 
     uid: str
     admin: bool = False
-    via: str = "firebase"  # firebase | dev | ops
+    via: str = "firebase"  # firebase | dev | ops | recorder
     claims: dict = field(default_factory=dict, compare=False, repr=False)

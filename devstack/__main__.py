@@ -116,7 +116,9 @@ def main() -> int:
         env = {**os.environ, **emulators.env(),
                "RECORDER_SERVICE_URL": f"http://127.0.0.1:{os.environ['RECORDER_PORT']}",
                "ANALYSIS_SERVER_URL": f"http://127.0.0.1:{os.environ['ANALYZER_PORT']}",
-               "ANALYSIS_CALLBACK_BASE_URL": "http://" + os.environ["GUNICORN_BIND"]}
+               "ANALYSIS_CALLBACK_BASE_URL": "http://" + os.environ["GUNICORN_BIND"],
+               # The recorder renews its Agora tokens through the API.
+               "RECORDER_API_URL": "http://" + os.environ["GUNICORN_BIND"]}
         _say("starting the analyzer (ffmpeg metrics, Vosk transcripts) ...")
         analyzer = spawn([sys.executable, "-m", "analyzer"],
                          env={**env, "ANALYZER_HOST": "127.0.0.1"},

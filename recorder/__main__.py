@@ -10,7 +10,7 @@ import sys
 
 from aiohttp import web
 
-from . import pipeline
+from . import pipeline, registry
 from .config import ConfigError, Settings
 from .sessions import RecorderService
 from .web import build_app
@@ -27,6 +27,7 @@ async def serve(settings: Settings) -> None:
     service = RecorderService(settings)
     service.on_stopped = _finish_recording
     pending: list[asyncio.Task] = []
+    beat: asyncio.Task | None = None
     runner = web.AppRunner(build_app(service, fixtures_dir=settings.fixtures_dir),
                            access_log=None)
     await runner.setup()
@@ -46,6 +47,10 @@ async def serve(settings: Settings) -> None:
                     for item in retries]
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        if settings.node_id:
+            beat = asyncio.create_task(registry.heartbeat(service))
+            log.info("registered as recorder node %s at %s (capacity %d)", settings.node_id,
+                     settings.node_url, settings.max_sessions)
         if settings.secret is None:
             log.warning("RECORDER_ALLOW_NO_SECRET=1: the API accepts requests without a secret")
         log.info("recorder listening on http://%s:%s, recordings in %s", settings.host,
@@ -53,6 +58,9 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info("shutting down: stopping %d session(s)", len(service.sessions_active()))
     finally:
+        if beat is not None:  # no new sessions placed here while the others stop
+            beat.cancel()
+            await registry.deregister(service)
         # Sessions stop while the server still listens: their last chunks upload to it.
         await service.close()
         await runner.cleanup()

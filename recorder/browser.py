@@ -34,8 +34,12 @@ class Shard:
 
 class BrowserPool:
     def __init__(self, *, executable_path: str, per_context: int,
-                 on_disconnected: Callable[[], None] | None = None):
+                 on_disconnected: Callable[[], None] | None = None,
+                 devtools_port: int | None = None):
         self.executable_path = executable_path
+        # RECORDER_DEVTOOLS_PORT: Chromium's DevTools on loopback, for tests and debugging.
+        self.args = list(CHROMIUM_ARGS) + (
+            [f"--remote-debugging-port={devtools_port}"] if devtools_port else [])
         self.per_context = per_context
         self.on_disconnected = on_disconnected
         self._playwright: Playwright | None = None
@@ -55,7 +59,7 @@ class BrowserPool:
                 self._playwright = await async_playwright().start()
             log.info("launching chromium %s", self.executable_path)
             browser = await self._playwright.chromium.launch(
-                executable_path=self.executable_path, args=list(CHROMIUM_ARGS), headless=True)
+                executable_path=self.executable_path, args=self.args, headless=True)
             browser.on("disconnected", lambda _b: self._lost(browser))
             self._browser, self._shards = browser, []
             return browser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,12 @@ CHROMIUM_ARGS = (
     # a renderer crash ends only its shard): 20 sessions 986 MB PSS instead of 1245 MB.
     "--process-per-site",
 )
+
+
+HERE = Path(__file__).resolve().parent
+# `npm ci --prefix recorder` puts the bundle in node_modules; an image may copy it to static/vendor.
+AGORA_SDK_DEFAULTS = (HERE / "node_modules" / "agora-rtc-sdk-ng" / "AgoraRTC_N-production.js",
+                      HERE / "static" / "vendor" / "AgoraRTC_N-production.js")
 
 
 class ConfigError(RuntimeError):
@@ -51,6 +58,13 @@ class Settings:
     join_timeout_seconds: float
     agora_app_id: str
     fixtures_dir: Path | None = None
+    agora_sdk_path: Path = AGORA_SDK_DEFAULTS[0]
+    api_url: str | None = None
+    devtools_port: int | None = None
+    node_id: str | None = None
+    node_url: str | None = None
+    max_sessions: int = 20
+    heartbeat_seconds: float = 10
     sessions_per_context: int = 5
     audio_bits_per_second: int = 32000
     timeslice_ms: int = 1000
@@ -76,4 +90,41 @@ class Settings:
             fixtures_dir=(Path(os.environ["RECORDER_FIXTURES_DIR"]).resolve()
                           if os.environ.get("RECORDER_FIXTURES_DIR") else None),
             sessions_per_context=int(_number("RECORDER_SESSIONS_PER_CONTEXT", 5)),
+            agora_sdk_path=_agora_sdk_path(),
+            api_url=os.environ.get("RECORDER_API_URL", "").strip().rstrip("/") or None,
+            devtools_port=(int(_number("RECORDER_DEVTOOLS_PORT", 1))
+                           if os.environ.get("RECORDER_DEVTOOLS_PORT", "").strip() else None),
+            max_sessions=int(_number("RECORDER_MAX_SESSIONS", 20)),
+            heartbeat_seconds=_number("RECORDER_HEARTBEAT_SECONDS", 10),
+            **_node(),
         )
+
+
+def _node() -> dict:
+    """With RECORDER_NODE_ID set, this recorder registers in Firestore `recorderNodes` at
+    RECORDER_NODE_URL (default http://RECORDER_HOST:RECORDER_PORT); otherwise it does not
+    (the API then reaches it through RECORDER_SERVICE_URL alone)."""
+    node_id = os.environ.get("RECORDER_NODE_ID", "").strip()
+    if not node_id:
+        return {}
+    if node_id == "auto":
+        node_id = f"{socket.gethostname()}-{int(_number('RECORDER_PORT', 3100))}"
+    url = os.environ.get("RECORDER_NODE_URL", "").strip().rstrip("/")
+    if not url:
+        host = os.environ.get("RECORDER_HOST", "127.0.0.1")
+        if host in ("0.0.0.0", "::", ""):
+            raise ConfigError("RECORDER_NODE_URL must be set when RECORDER_HOST listens on "
+                              "every address (how does the API reach this node?)")
+        url = f"http://{host}:{int(_number('RECORDER_PORT', 3100))}"
+    return {"node_id": node_id, "node_url": url}
+
+
+def _agora_sdk_path() -> Path:
+    """RECORDER_AGORA_SDK_PATH, else the npm package's bundle (or the image's copy of it)."""
+    raw = os.environ.get("RECORDER_AGORA_SDK_PATH", "").strip()
+    if raw:
+        path = Path(raw).resolve()
+        if not path.is_file():
+            raise ConfigError(f"RECORDER_AGORA_SDK_PATH {raw!r} is not a file")
+        return path
+    return next((p for p in AGORA_SDK_DEFAULTS if p.is_file()), AGORA_SDK_DEFAULTS[0])

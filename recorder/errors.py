@@ -35,6 +35,11 @@ class ShuttingDown(RecorderError):
     code, status = "shutting_down", 503
 
 
+class RecorderBusy(RecorderError):
+    """RECORDER_MAX_SESSIONS sessions already: the API places the session elsewhere."""
+    code, status = "recorder_busy", 503
+
+
 class AgoraNotConfigured(RecorderError):
     code, status = "agora_not_configured", 503
 

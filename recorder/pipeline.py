@@ -90,7 +90,8 @@ def _finish(*, webm: Path, sid: str, channel: str, call_id: str | None) -> dict:
         recording_id=sid, source="recorder", status="processing", call=call, call_id=call_id,
         channel=channel, filename=filename, fmt=fmt, recorded_at=meta.get("startedAt"),
         now=utc_now(), duration=duration_ms, fileSize=upload.stat().st_size,
-        sha256=_sha256(upload), storagePath=storage_path, retryCount=retries)
+        sha256=_sha256(upload), storagePath=storage_path, retryCount=retries,
+        stopReason=meta.get("stopReason"), recorderNode=meta.get("nodeId"))
     fresh = {key: value for key, value in document.items() if key not in ("status", "createdAt")}
     if store.recording_move(sid, "process", fresh, create=document) is None:
         existing = store.recording_read(sid) or {}

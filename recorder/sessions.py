@@ -7,8 +7,14 @@ a previous recorder process crashed during this recording and this one marked it
 at start-up). The media pipeline (remux, WAV, upload, Firestore) belongs here. A stop
 waits for it (sync hooks run in a worker thread) and a dict it returns is merged into the
 stop answer; for recovered recordings it runs in the background. The default does
-nothing; `python -m recorder` sets `pipeline`. Tokens are not renewed yet: a session
-whose token expires stops.
+nothing; `python -m recorder` sets `pipeline`.
+
+What Agora does to a session's connection: its token is renewed through the API
+(`recorder.tokens`) when the SDK says it will expire, and the session ends with
+`stopReason: call_over` when the API says the call is over; RECONNECTING keeps recording
+(silence); DISCONNECTED for any reason but our own leave ends the session with the SDK's
+reason as `stopReason` (`UID_BANNED`, `NETWORK_ERROR`, ...); a crashed renderer ends its
+sessions with `renderer_crashed`. Each is stored with what it recorded.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ from playwright.async_api import Page
 from core.clock import iso, utc_now
 from integrations.agora import NAME_RULE, channel_valid
 
+from . import tokens
 from .browser import BrowserPool
 from .config import Settings
 from .errors import (
     AgoraJoinTimeout,
     AgoraNotConfigured,
     BadRequest,
+    RecorderBusy,
     RecorderError,
     SessionNotFound,
     ShuttingDown,
@@ -48,6 +56,8 @@ log = logging.getLogger(__name__)
 
 FIXTURE_RE = re.compile(r"^(/fixtures/[A-Za-z0-9_\-.]+|https?://(127\.0\.0\.1|localhost)(:\d+)?/\S*)$")
 STOP_TIMEOUT_SECONDS = 30
+TOKEN_ATTEMPTS, TOKEN_RETRY_SECONDS = 3, 5  # the SDK warns 30 s before the token expires
+_REASON_RE = re.compile(r"[^A-Za-z0-9_]")
 FINISHED_KEPT = 1000
 
 
@@ -131,7 +141,8 @@ class RecorderService:
         self.page_base_url = f"http://127.0.0.1:{settings.port}"
         self.pool = BrowserPool(executable_path=settings.chromium_path,
                                 per_context=settings.sessions_per_context,
-                                on_disconnected=self._browser_lost)
+                                on_disconnected=self._browser_lost,
+                                devtools_port=settings.devtools_port)
         self._sessions: dict[str, Session] = {}
         self._finished: dict[str, dict] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -177,18 +188,21 @@ class RecorderService:
             raise ShuttingDown("the recorder is shutting down")
         if source == "agora" and not self.settings.agora_app_id:
             raise AgoraNotConfigured("AGORA_APP_ID is not set on the recorder")
+        if len(self._sessions) >= self.settings.max_sessions:
+            raise RecorderBusy(f"this recorder records {self.settings.max_sessions} sessions "
+                               "already (RECORDER_MAX_SESSIONS)")
         sid = str(uuid.uuid4())
         sink = await asyncio.to_thread(
             ChunkSink.create, self.settings.recordings_dir, channel=channel,
             started_at=utc_now(),
             meta={"sid": sid, "channel": channel, "uid": uid, "callId": call_id,
-                  "source": source})
+                  "source": source, "nodeId": self.settings.node_id})
         session = Session(sid=sid, channel=channel, uid=uid, call_id=call_id, source=source,
                           sink=sink, key=secrets.token_urlsafe(32))
         self._sessions[sid] = session
         try:
             session.page = await self.pool.new_page()
-            session.page.on("crash", lambda _p: self._page_lost(session, "page_crashed"))
+            session.page.on("crash", lambda _p: self._page_lost(session, "renderer_crashed"))
             session.page.on("console", lambda m: log.debug("page %s: %s", sid[:8], m.text))
             await session.page.goto(f"{self.page_base_url}/page")
             config = {"sid": sid, "key": session.key, "source": source, "channel": channel,
@@ -324,12 +338,64 @@ class RecorderService:
             session.remote_users = int(event.get("count") or 0)
             session.last_presence = time.monotonic()
         elif kind == "token-will-expire":
-            log.warning("session %s: its token expires soon (no renewal yet)", sid)
+            self.spawn(self._token_renew(session))
+        elif kind == "connection-state":
+            self._connection_changed(session, event)
         elif kind in ("token-expired", "source-ended", "recorder-error"):
             log.warning("session %s: %s %s", sid, kind, event.get("message", ""))
             self.spawn(self.stop_quietly(session.sid, kind.replace("-", "_")))
         else:
             log.info("session %s: %s", sid, json.dumps(event)[:300])
+
+    def _connection_changed(self, session: Session, event: dict) -> None:
+        state, reason = event.get("state"), event.get("reason")
+        if state == "RECONNECTING":
+            log.warning("session %s: Agora connection lost, reconnecting; recording silence "
+                        "meanwhile", session.sid)
+        elif state == "CONNECTED" and event.get("previous") == "RECONNECTING":
+            log.info("session %s: Agora connection back", session.sid)
+        elif (state == "DISCONNECTED" and reason != "LEAVE" and session.state == "recording"
+              and session.stopping is None):  # not our own leave (a failed join's has no reason)
+            reason = _REASON_RE.sub("", str(reason or ""))[:40] or "disconnected"
+            log.warning("session %s: Agora disconnected (%s); storing what was recorded",
+                        session.sid, reason)
+            self.spawn(self.stop_quietly(session.sid, reason))
+        else:
+            log.info("session %s: connection %s (%s)", session.sid, state, reason)
+
+    async def _token_renew(self, session: Session) -> None:
+        """Ask the API for the session's next token and hand it to the page's client; a call
+        that is over stops the session (`call_over`). When the API cannot be asked, the
+        token expires and `token-privilege-did-expire` stops the session."""
+        if not self.settings.api_url:
+            log.warning("session %s: its token expires soon and RECORDER_API_URL is not set",
+                        session.sid)
+            return
+        for attempt in range(1, TOKEN_ATTEMPTS + 1):
+            try:
+                token = await tokens.token_fetch(api_url=self.settings.api_url,
+                                                 secret=self.settings.secret,
+                                                 channel=session.channel, uid=session.uid)
+                break
+            except tokens.CallOver:
+                log.info("session %s: the call on %s is over; stopping", session.sid,
+                         session.channel)
+                await self.stop_quietly(session.sid, "call_over")
+                return
+            except tokens.TokenUnavailable as exc:
+                log.warning("session %s: no fresh token (attempt %d): %s", session.sid,
+                            attempt, exc)
+                if attempt < TOKEN_ATTEMPTS:
+                    await asyncio.sleep(TOKEN_RETRY_SECONDS)
+        else:
+            return
+        if session.page is None or session.stopping is not None:
+            return
+        try:
+            await session.page.evaluate("t => window.recorderRenewToken(t)", token)
+            log.info("session %s: token renewed", session.sid)
+        except Exception as exc:
+            log.warning("session %s: renewing the token failed: %s", session.sid, exc)
 
     async def stop_quietly(self, sid: str, reason: str) -> None:
         try:

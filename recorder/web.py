@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
-# `npm ci --prefix recorder` puts the bundle in node_modules; an image may copy it to static/vendor.
-AGORA_BUNDLES = (HERE / "node_modules" / "agora-rtc-sdk-ng" / "AgoraRTC_N-production.js",
-                 STATIC_DIR / "vendor" / "AgoraRTC_N-production.js")
 SERVICE = web.AppKey("service", RecorderService)
 
 
@@ -143,9 +140,11 @@ async def page(request: web.Request) -> web.FileResponse:
 
 
 async def agora_bundle(request: web.Request) -> web.FileResponse:
-    for bundle in AGORA_BUNDLES:
-        if bundle.is_file():
-            return web.FileResponse(bundle)
+    """The script the page loads as `AgoraRTC`: RECORDER_AGORA_SDK_PATH (default: the npm
+    package's bundle)."""
+    bundle = _service(request).settings.agora_sdk_path
+    if bundle.is_file():
+        return web.FileResponse(bundle, headers={"Cache-Control": "no-store"})
     raise RecorderError("the Agora Web SDK is not installed (npm ci --prefix recorder)",
                         code="agora_sdk_missing", status=500)
 

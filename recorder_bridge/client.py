@@ -1,30 +1,40 @@
 """HTTP client for the recorder service (`python -m recorder`), with the shared secret in
-`X-Recorder-Secret`. Not reaching it is RecorderUnavailable (503 recorder_unavailable)."""
+`X-Recorder-Secret`; the one transport to it, over one recorder or several nodes
+(`placement`). Not reaching any is RecorderUnavailable (503 recorder_unavailable).
+
+Over several nodes each operation goes where it belongs: a new session to the node with the
+most room (the next one when a node answers `recorder_busy`), a session's own paths to the
+node holding it, the session list merged from all, the retry of one recording to the node
+that recorded it (its `recorderNode`), the sweep's retry to all (each retries its own)."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import httpx
+import structlog
 from django.conf import settings
 
-from core.errors import AppError, RecorderUnavailable
+from core.errors import AppError, RecorderBusy, RecorderUnavailable
+from recorder_bridge import placement
+
+log = structlog.get_logger("recordings")
+
+_SESSION_PATH = re.compile(r"^/sessions/[^/]+(/.*)?$")
 
 
-@lru_cache(maxsize=1)
-def _http() -> httpx.Client:
-    return httpx.Client(base_url=settings.RECORDER_SERVICE_URL.rstrip("/"),
-                        headers={"X-Recorder-Secret": settings.RECORDER_SECRET})
+@lru_cache(maxsize=64)
+def _http(base_url: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers={"X-Recorder-Secret": settings.RECORDER_SECRET})
 
 
-def recorder_call(method: str, path: str, *, json: dict | None = None,
-                  timeout: float = 10.0) -> dict:
-    """The recorder's JSON answer. Its own 4xx errors keep their code and status; its 5xx
+def _request(base_url: str, method: str, path: str, *, json: dict | None,
+             timeout: float) -> dict:
+    """One recorder's JSON answer. Its own 4xx errors keep their code and status; its 5xx
     become 502 with its code."""
-    if not settings.RECORDER_SERVICE_URL:
-        raise RecorderUnavailable("The recorder is not configured (RECORDER_SERVICE_URL).")
     try:
-        response = _http().request(method, path, json=json, timeout=timeout)
+        response = _http(base_url).request(method, path, json=json, timeout=timeout)
     except httpx.HTTPError as exc:
         raise RecorderUnavailable(
             f"The recorder service cannot be reached ({type(exc).__name__}).") from None
@@ -39,3 +49,55 @@ def recorder_call(method: str, path: str, *, json: dict | None = None,
         raise AppError(error.get("message") or "The recorder refused the request.",
                        code=error.get("code") or "recorder_error", http_status=status)
     return body
+
+
+def recorder_call(method: str, path: str, *, json: dict | None = None,
+                  timeout: float = 10.0) -> dict:
+    """The recorder's JSON answer to `method path` (see the module docstring for where it
+    goes over several nodes)."""
+    if method == "POST" and path == "/sessions":
+        return _start(json=json, timeout=timeout)
+    urls = placement.recorder_urls()
+    if len(urls) == 1:
+        return _request(urls[0], method, path, json=json, timeout=timeout)
+    if method == "GET" and path == "/sessions":
+        sessions = []
+        for url in urls:
+            try:
+                sessions += _request(url, method, path, json=json, timeout=timeout)["sessions"]
+            except RecorderUnavailable:
+                log.warning("recorder_node_unreachable", url=url)
+        return {"sessions": sessions}
+    if path == "/recordings/retry":
+        holder = placement.recorder_url_of_recording((json or {}).get("sid"))
+        return {"retrying": sum(int(_request(url, method, path, json=json, timeout=timeout)
+                                    .get("retrying") or 0) for url in ([holder] if holder
+                                                                       else urls))}
+    if _SESSION_PATH.match(path):
+        not_found: AppError | None = None
+        unreachable: AppError | None = None
+        for url in urls:
+            try:
+                return _request(url, method, path, json=json, timeout=timeout)
+            except RecorderUnavailable as exc:
+                unreachable = exc
+            except AppError as exc:
+                if exc.code != "session_not_found":
+                    raise
+                not_found = exc
+        raise not_found or unreachable
+    return _request(urls[0], method, path, json=json, timeout=timeout)
+
+
+def _start(*, json: dict | None, timeout: float) -> dict:
+    last: AppError = RecorderBusy()
+    for url in placement.recorder_urls_for_new_session():
+        try:
+            return _request(url, "POST", "/sessions", json=json, timeout=timeout)
+        except RecorderUnavailable as exc:  # a node that died since its last heartbeat
+            last = exc
+        except AppError as exc:
+            if exc.code != "recorder_busy":
+                raise
+            last = RecorderBusy()
+    raise last

@@ -22,9 +22,10 @@ from core.errors import (
     RecordingNotFound,
 )
 from core.principal import Principal
-from integrations.agora import rtc_token_build
 from recorder_bridge import claims
 from recorder_bridge.client import recorder_call
+from recorder_bridge.placement import recorder_configured
+from recorder_bridge.tokens import recorder_token_build
 from recordings import store
 
 log = structlog.get_logger("recordings")
@@ -42,8 +43,8 @@ def _participant(call: dict | None, principal: Principal) -> bool:
 
 def recording_start(*, principal: Principal, channel: str, source: str = "agora") -> dict:
     """Send the recorder bot into the active call on `channel` (a participant or an admin);
-    its Agora token is made here, for uid RECORDER_UID, as an audience member. A call has
-    one session: a start while it records answers that session (see `claims`)."""
+    its first Agora token is made here (recorder_bridge.tokens). A call has one session:
+    a start while it records answers that session (see `claims`)."""
     calls = call_store.calls_on_channel(channel)
     if not calls:
         raise NoActiveCall()
@@ -81,12 +82,8 @@ def recording_start(*, principal: Principal, channel: str, source: str = "agora"
 def _session_start(*, call: dict, channel: str, source: str, token: str) -> dict | None:
     """Start the session this request claimed; None if the claim was lost meanwhile (the
     session then stops again and the caller looks at who holds the call now)."""
-    expire = min(86400, int(settings.RECORDER_MAX_SECONDS) + 600)
     try:
-        agora = rtc_token_build(app_id=settings.AGORA_APP_ID,
-                                app_certificate=settings.AGORA_APP_CERT, channel=channel,
-                                user=settings.RECORDER_UID, role="subscriber",
-                                expire_seconds=expire, version=settings.AGORA_TOKEN_VERSION)
+        agora = recorder_token_build(channel=channel)  # renewed through the API before expiry
         started = recorder_call("POST", "/sessions",
                                 timeout=settings.RECORDER_START_TIMEOUT_SECONDS,
                                 json={"channel": channel, "uid": settings.RECORDER_UID,
@@ -151,7 +148,7 @@ def _stop_later(sid: str, *, reason: str) -> None:
 def recordings_stop_for_call(sender=None, *, call: dict, **_) -> int:
     """A call ended (the call-final signal): stop every session recording its channel.
     A recorder that cannot be reached now is left to the sweep; returns how many stopped."""
-    if not settings.RECORDER_SERVICE_URL:
+    if not recorder_configured():
         return 0
     stopped = 0
     try:
@@ -169,7 +166,7 @@ def recordings_stop_for_call(sender=None, *, call: dict, **_) -> int:
 
 def recordings_stop_of_final_calls() -> dict:
     """The sweep's part: sessions still recording a call that is final are stopped."""
-    if not settings.RECORDER_SERVICE_URL:
+    if not recorder_configured():
         return {"stopped": 0}
     stopped = 0
     for session in recorder_call("GET", "/sessions")["sessions"]:
@@ -185,7 +182,7 @@ def recordings_stop_of_final_calls() -> dict:
 
 def recordings_retry_failed() -> dict:
     """The sweep's part: ask the recorder to retry the uploads that failed."""
-    if not settings.RECORDER_SERVICE_URL:
+    if not recorder_configured():
         return {"retrying": 0}
     answer = recorder_call("POST", "/recordings/retry")
     if answer.get("retrying"):

@@ -296,6 +296,7 @@ def start_recorder(tmp_path):
                    proc=proc, log_path=log)
         return Recorder(base=base, secret=secret, recordings=recordings, log=log, proc=proc)
 
+    start.secret = secret  # for an API server the recorder talks back to
     try:
         yield start
     finally:

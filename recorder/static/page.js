@@ -50,8 +50,9 @@
     client.on("user-published", async (user, mediaType) => {
       if (mediaType !== "audio") return;
       try {
-        await client.subscribe(user, "audio");
-        attach(user.uid, user.audioTrack.getMediaStreamTrack());
+        const track = await client.subscribe(user, "audio");
+        if (!user.hasAudio) return; // unpublished while subscribing
+        attach(user.uid, track.getMediaStreamTrack());
       } catch (e) {
         console.warn("subscribe failed", user.uid, e);
       }
@@ -59,6 +60,8 @@
     client.on("user-unpublished", (user, mediaType) => { if (mediaType === "audio") detach(user.uid); });
     client.on("token-privilege-will-expire", () => report("token-will-expire"));
     client.on("token-privilege-did-expire", () => report("token-expired"));
+    // The recorder decides: RECONNECTING keeps recording (silence), DISCONNECTED for any
+    // reason but our own LEAVE ends the session with that reason.
     client.on("connection-state-change", (cur, prev, reason) =>
       report("connection-state", { state: cur, previous: prev, reason: reason || null }));
     await client.setClientRole("audience");
@@ -98,6 +101,7 @@
     const source = s.ctx.createMediaStreamSource(stream);
     source.connect(s.dest);
     s.remote.set(uid, { source, element });
+    report("track", { uid, on: true });
   }
 
   function detach(uid) {
@@ -106,6 +110,7 @@
     entry.source.disconnect();
     entry.element.srcObject = null;
     s.remote.delete(uid);
+    report("track", { uid, on: false });
   }
 
   async function playFixture(url) {
@@ -126,6 +131,13 @@
       s.ctx = new AudioContext();
       await s.ctx.resume();
       s.dest = s.ctx.createMediaStreamDestination();
+      // A silent source keeps the recording's clock running while nobody is heard (no
+      // remote track yet, everyone left, reconnecting): without it Chrome records no
+      // frames then and the WebM's timeline skips the silence.
+      s.silence = s.ctx.createConstantSource();
+      s.silence.offset.value = 0;
+      s.silence.connect(s.dest);
+      s.silence.start();
       if (cfg.source === "agora") {
         const failed = await joinAgora(cfg);
         if (failed) return failed;

@@ -1,0 +1,60 @@
+"""Which recorder: RECORDER_SERVICE_URL alone, or (RECORDER_NODES) the healthy nodes in
+Firestore `recorderNodes`, a new session going to the one with the most free capacity."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from core.clock import utc_now
+from core.errors import RecorderBusy, RecorderUnavailable
+from recordings import nodes, store
+
+
+def recorder_configured() -> bool:
+    return bool(settings.RECORDER_NODES or settings.RECORDER_SERVICE_URL)
+
+
+def _healthy() -> list[dict]:
+    now = utc_now()
+    healthy = [node for node in nodes.nodes_all()
+               if node.get("url") and nodes.node_healthy(
+                   node, now=now, heartbeat_seconds=settings.RECORDER_HEARTBEAT_SECONDS)]
+    if not healthy:
+        raise RecorderUnavailable("No recorder node is healthy (no recent heartbeat).")
+    return healthy
+
+
+def recorder_urls() -> list[str]:
+    """Every recorder that may hold a session (for stop, status and retry)."""
+    if settings.RECORDER_NODES:
+        return [node["url"] for node in sorted(_healthy(), key=lambda n: n["nodeId"])]
+    if not settings.RECORDER_SERVICE_URL:
+        raise RecorderUnavailable("The recorder is not configured (RECORDER_SERVICE_URL).")
+    return [settings.RECORDER_SERVICE_URL.rstrip("/")]
+
+
+def recorder_urls_for_new_session() -> list[str]:
+    """Where to try a new session, best first: most free capacity (ties by node id).
+    503 recorder_busy when every healthy node is full."""
+    if not settings.RECORDER_NODES:
+        return recorder_urls()
+    free = [(int(node.get("capacity") or 0) - int(node.get("sessions") or 0), node)
+            for node in _healthy()]
+    ranked = sorted((item for item in free if item[0] > 0),
+                    key=lambda item: (-item[0], item[1]["nodeId"]))
+    if not ranked:
+        raise RecorderBusy()
+    return [node["url"] for _, node in ranked]
+
+
+def recorder_url_of_recording(sid: str | None) -> str | None:
+    """The healthy node that recorded `sid` (the document's `recorderNode`; its files are
+    there), or None when that is not known (then every node is asked)."""
+    if not settings.RECORDER_NODES or not sid:
+        return None
+    node_id = (store.recording_read(sid) or {}).get("recorderNode")
+    try:
+        healthy = _healthy()
+    except RecorderUnavailable:
+        return None
+    return next((node["url"] for node in healthy if node["nodeId"] == node_id), None)
