@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import timedelta
 
 from core.clock import utc_now
 from recordings import store
 from recordings.documents import recording_document
 from tests.conftest import post_json
-from tests.helpers import INVITE, error_of
+from tests.helpers import INVITE, document, error_of, invite, upload
 
 
 def _stored_recording(recording_id: str, *, minutes_ago: int, participants=("alice", "bob")):
@@ -54,3 +55,31 @@ def test_the_token_version_setting_picks_006(client, bearer, settings, any_chann
     settings.AGORA_TOKEN_VERSION = "006"
     response = post_json(client, "/api/token", {"channel": "c", "uid": 1}, bearer("alice"))
     assert response.json()["token"].startswith("006" + settings.AGORA_APP_ID)
+
+
+def test_recording_stop_takes_a_sid_or_a_channel_not_both(as_user):
+    response = as_user("alice").post("/api/recording/stop", {"sid": "abc", "channel": "c"})
+    assert "exactly one of sid or channel" in error_of(response, 400, "validation_error")["message"]
+
+
+def _mp3(path):
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=2", str(path)], check=True)
+    return path
+
+
+def test_an_upload_keeps_the_apps_duration_and_serves_its_original(as_user, client, bearer,
+                                                                    tmp_path):
+    call = invite(as_user)
+    sent = _mp3(tmp_path / "call.mp3")
+    answer = upload(client, bearer("alice"), call["callId"], sent, duration=12)
+    assert answer.status_code == 201, answer.content
+    recording_id = answer.json()["recordingId"]
+    recording = document(recording_id)
+    # The app's own figure is kept apart from the measured one.
+    assert (recording["declaredDuration"], recording["duration"] // 1000) == (12, 2)
+    original = client.get(f"/api/recordings/{recording_id}/stream?file=original",
+                          headers=bearer("bob"))
+    assert original.status_code == 200
+    assert original["Content-Type"] == "audio/mpeg"
+    assert b"".join(original.streaming_content) == sent.read_bytes()
