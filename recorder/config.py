@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.environment import ConfigError, env_number
+
 # Exactly the flags the prototype measured (DESIGN.md); without the autoplay flag an
 # AudioContext made at page load stays `suspended`.
 CHROMIUM_ARGS = (
@@ -27,23 +29,6 @@ HERE = Path(__file__).resolve().parent
 # `npm ci --prefix recorder` puts the bundle in node_modules; an image may copy it to static/vendor.
 AGORA_SDK_DEFAULTS = (HERE / "node_modules" / "agora-rtc-sdk-ng" / "AgoraRTC_N-production.js",
                       HERE / "static" / "vendor" / "AgoraRTC_N-production.js")
-
-
-class ConfigError(RuntimeError):
-    """The recorder cannot start with these settings; the message says which one."""
-
-
-def _number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, not {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -77,25 +62,25 @@ class Settings:
                               "to run without one for local development)")
         return cls(
             host=os.environ.get("RECORDER_HOST", "127.0.0.1"),
-            port=int(_number("RECORDER_PORT", 3100)),
+            port=int(env_number("RECORDER_PORT", 3100)),
             secret=secret,
             recordings_dir=Path(os.environ.get("RECORDINGS_DIR", "./var/recordings")).resolve(),
             chromium_path=(os.environ.get("CHROMIUM_PATH")
                            or os.environ.get("PUPPETEER_EXECUTABLE_PATH")
                            or "/usr/bin/chromium"),
-            max_idle_seconds=_number("RECORDER_MAX_IDLE_SECONDS", 30),
-            max_seconds=_number("RECORDER_MAX_SECONDS", 14400),
-            join_timeout_seconds=_number("RECORDER_JOIN_TIMEOUT_SECONDS", 15),
+            max_idle_seconds=env_number("RECORDER_MAX_IDLE_SECONDS", 30),
+            max_seconds=env_number("RECORDER_MAX_SECONDS", 14400),
+            join_timeout_seconds=env_number("RECORDER_JOIN_TIMEOUT_SECONDS", 15),
             agora_app_id=os.environ.get("AGORA_APP_ID", "").strip(),
             fixtures_dir=(Path(os.environ["RECORDER_FIXTURES_DIR"]).resolve()
                           if os.environ.get("RECORDER_FIXTURES_DIR") else None),
-            sessions_per_context=int(_number("RECORDER_SESSIONS_PER_CONTEXT", 5)),
+            sessions_per_context=int(env_number("RECORDER_SESSIONS_PER_CONTEXT", 5)),
             agora_sdk_path=_agora_sdk_path(),
             api_url=os.environ.get("RECORDER_API_URL", "").strip().rstrip("/") or None,
-            devtools_port=(int(_number("RECORDER_DEVTOOLS_PORT", 1))
+            devtools_port=(int(env_number("RECORDER_DEVTOOLS_PORT", 1))
                            if os.environ.get("RECORDER_DEVTOOLS_PORT", "").strip() else None),
-            max_sessions=int(_number("RECORDER_MAX_SESSIONS", 20)),
-            heartbeat_seconds=_number("RECORDER_HEARTBEAT_SECONDS", 10),
+            max_sessions=int(env_number("RECORDER_MAX_SESSIONS", 20)),
+            heartbeat_seconds=env_number("RECORDER_HEARTBEAT_SECONDS", 10),
             **_node(),
         )
 
@@ -108,14 +93,14 @@ def _node() -> dict:
     if not node_id:
         return {}
     if node_id == "auto":
-        node_id = f"{socket.gethostname()}-{int(_number('RECORDER_PORT', 3100))}"
+        node_id = f"{socket.gethostname()}-{int(env_number('RECORDER_PORT', 3100))}"
     url = os.environ.get("RECORDER_NODE_URL", "").strip().rstrip("/")
     if not url:
         host = os.environ.get("RECORDER_HOST", "127.0.0.1")
         if host in ("0.0.0.0", "::", ""):
             raise ConfigError("RECORDER_NODE_URL must be set when RECORDER_HOST listens on "
                               "every address (how does the API reach this node?)")
-        url = f"http://{host}:{int(_number('RECORDER_PORT', 3100))}"
+        url = f"http://{host}:{int(env_number('RECORDER_PORT', 3100))}"
     return {"node_id": node_id, "node_url": url}
 
 
