@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from functools import wraps
 
 import structlog
 from django.conf import settings
@@ -22,8 +23,15 @@ from django.http import HttpRequest
 from firebase_admin import auth as firebase_auth
 from ninja.security import APIKeyHeader, HttpBearer
 
+from api.errors import api_error_response
 from core.cache import ExpiringCache
-from core.errors import AdminRequired, Forbidden, ServiceUnavailable, Unauthenticated
+from core.errors import (
+    AdminRequired,
+    AppError,
+    Forbidden,
+    ServiceUnavailable,
+    Unauthenticated,
+)
 from core.principal import Principal
 from integrations import firebase
 
@@ -166,11 +174,6 @@ ops_or_admin_auth = OpsOrAdminAuth()
 def docs_access(view):
     """The OpenAPI docs and schema: open in debug mode or with API_DOCS_PUBLIC=1, else for
     the ops key or an admin (they list every endpoint and error an attacker would probe)."""
-    from functools import wraps
-
-    from api.errors import api_error_response
-    from core.errors import AppError
-
     @wraps(view)
     def guarded(request: HttpRequest, *args, **kwargs):
         if not (settings.DEBUG or settings.API_DOCS_PUBLIC):
