@@ -17,7 +17,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from analysis.states import Ignore, Move, Status, decide
-from integrations.firebase import firestore_client
+from integrations.firebase import firestore_async_client, firestore_client
 
 JOBS = "analysisJobs"
 DELIVERIES = "deliveries"
@@ -34,6 +34,12 @@ def _jobs():
 
 def job_read(job_id: str) -> dict | None:
     snap = _jobs().document(job_id).get()
+    return snap.to_dict() if snap.exists else None
+
+
+async def job_read_async(job_id: str) -> dict | None:
+    """`job_read` on the running event loop (the ASGI event streams): no thread per reader."""
+    snap = await firestore_async_client().collection(JOBS).document(job_id).get()
     return snap.to_dict() if snap.exists else None
 
 

@@ -1,6 +1,13 @@
 """A job's progress as Server-Sent Events (the `text/event-stream` body of
 `GET /api/analysis/<job_id>/events`).
 
+Two bodies with one behaviour: `job_events_async`, what the ASGI event-stream server
+(`python -m config.events`, uvicorn; nginx routes the events there) streams on its event
+loop with the Firestore async client, so an open stream costs a coroutine and a few kB, not
+a thread; and `job_events`, the same stream as a plain generator for gunicorn's gthread
+workers (every path still answers there, one thread per open stream). BENCHMARKS.md
+("200 event streams") has the measurement behind the choice.
+
 Change detection polls the job document (one point read every
 ANALYSIS_STREAM_POLL_SECONDS) rather than holding a Firestore `on_snapshot` listener:
 a listener is a gRPC stream plus a thread of the SDK's per open stream, and in a gthread
@@ -18,9 +25,10 @@ without news, and the end after the final event or after ANALYSIS_STREAM_MAX_SEC
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from analysis import store
 from analysis.states import EVENT_OF, FINAL, Status
@@ -33,27 +41,69 @@ def _event(job: dict, view: Callable[[dict], dict]) -> str:
     return f"id: {int(job.get('seq') or 0)}\nevent: {EVENT_OF[Status(job['status'])]}\ndata: {data}\n\n"
 
 
+class _Stream:
+    """What to send for each read of the job; the same for both bodies."""
+
+    def __init__(self, *, last_seq: int, view: Callable[[dict], dict],
+                 heartbeat_seconds: float, max_seconds: float) -> None:
+        self.last_seq, self.view = last_seq, view
+        self.heartbeat_seconds, self.max_seconds = heartbeat_seconds, max_seconds
+        self.started = self.last_write = time.monotonic()
+
+    @staticmethod
+    def opening(job_id: str) -> str:
+        return f": analysis {job_id}\nretry: {RETRY_MS}\n\n"
+
+    def step(self, job: dict | None) -> tuple[list[str], bool]:
+        """(chunks to send, whether the stream ends after them) for `job` as just read."""
+        if job is None:
+            return [], True  # deleted meanwhile
+        chunks = []
+        if int(job.get("seq") or 0) > self.last_seq:
+            self.last_seq = int(job.get("seq") or 0)
+            self.last_write = time.monotonic()
+            chunks.append(_event(job, self.view))
+        if Status(job["status"]) in FINAL:
+            return chunks, True
+        now = time.monotonic()
+        if now - self.started >= self.max_seconds:
+            return chunks, True
+        if now - self.last_write >= self.heartbeat_seconds:
+            self.last_write = now
+            chunks.append(": heartbeat\n\n")
+        return chunks, False
+
+
 def job_events(job: dict, *, last_seq: int, view: Callable[[dict], dict], poll_seconds: float,
                heartbeat_seconds: float, max_seconds: float,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
-    """The event stream of `job` (as first read) after `last_seq`."""
+    """The event stream of `job` (as first read) after `last_seq`, for a WSGI thread."""
     job_id = job["jobId"]
-    started = last_write = time.monotonic()
-    yield f": analysis {job_id}\nretry: {RETRY_MS}\n\n"
+    stream = _Stream(last_seq=last_seq, view=view, heartbeat_seconds=heartbeat_seconds,
+                     max_seconds=max_seconds)
+    yield stream.opening(job_id)
     while True:
-        if job is None:
-            return  # deleted meanwhile
-        if int(job.get("seq") or 0) > last_seq:
-            last_seq = int(job.get("seq") or 0)
-            last_write = time.monotonic()
-            yield _event(job, view)
-        if Status(job["status"]) in FINAL:
+        chunks, done = stream.step(job)
+        yield from chunks
+        if done:
             return
-        now = time.monotonic()
-        if now - started >= max_seconds:
-            return
-        if now - last_write >= heartbeat_seconds:
-            last_write = now
-            yield ": heartbeat\n\n"
         sleep(poll_seconds)
         job = store.job_read(job_id)
+
+
+async def job_events_async(job: dict, *, last_seq: int, view: Callable[[dict], dict],
+                           poll_seconds: float, heartbeat_seconds: float,
+                           max_seconds: float) -> AsyncIterator[str]:
+    """The same stream on an event loop (ASGI): a disconnected client cancels it."""
+    job_id = job["jobId"]
+    stream = _Stream(last_seq=last_seq, view=view, heartbeat_seconds=heartbeat_seconds,
+                     max_seconds=max_seconds)
+    yield stream.opening(job_id)
+    while True:
+        chunks, done = stream.step(job)
+        for chunk in chunks:
+            yield chunk
+        if done:
+            return
+        await asyncio.sleep(poll_seconds)
+        job = await store.job_read_async(job_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from ninja import Query, Router, Schema
 from ninja.responses import Status
@@ -15,7 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from analysis import services
 from analysis.states import FINAL
-from analysis.stream import job_events
+from analysis.stream import job_events, job_events_async
 from api import delivery
 from api.auth import user_auth
 from api.library import RecordingId
@@ -74,11 +75,14 @@ def events(request: HttpRequest, job_id: JobId):
     last_seq = _last_event_id(request)
     if job["status"] in FINAL and int(job.get("seq") or 0) <= last_seq:
         return HttpResponse(status=204)  # EventSource stops reconnecting on 204
+    # Served by the ASGI event-stream server (nginx routes /events there): the body runs
+    # on its event loop, no thread held; under gunicorn (WSGI) it holds the request's thread.
+    body = job_events_async if isinstance(request, ASGIRequest) else job_events
     response = StreamingHttpResponse(
-        job_events(job, last_seq=last_seq, view=services.analysis_view,
-                   poll_seconds=settings.ANALYSIS_STREAM_POLL_SECONDS,
-                   heartbeat_seconds=settings.ANALYSIS_STREAM_HEARTBEAT_SECONDS,
-                   max_seconds=settings.ANALYSIS_STREAM_MAX_SECONDS),
+        body(job, last_seq=last_seq, view=services.analysis_view,
+             poll_seconds=settings.ANALYSIS_STREAM_POLL_SECONDS,
+             heartbeat_seconds=settings.ANALYSIS_STREAM_HEARTBEAT_SECONDS,
+             max_seconds=settings.ANALYSIS_STREAM_MAX_SECONDS),
         content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once

@@ -9,9 +9,11 @@ Default Credentials.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +21,7 @@ from functools import lru_cache
 import firebase_admin
 from firebase_admin import auth, credentials, firestore, storage
 from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore as cloud_firestore
 
 GOOGLE_CERT_URL = ("https://www.googleapis.com/robot/v1/metadata/x509/"
                    "securetoken@system.gserviceaccount.com")
@@ -114,6 +117,22 @@ def storage_emulated() -> bool:
 def firestore_client():
     """The shared Firestore client (thread-safe; one gRPC channel per process)."""
     return firestore.client(firebase_app())
+
+
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def firestore_async_client():
+    """A Firestore `AsyncClient` for the running event loop (the ASGI event-stream server's):
+    gRPC's asyncio channel belongs to the loop that made it, so each loop gets its own."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        app = firebase_app()
+        client = cloud_firestore.AsyncClient(credentials=app.credential.get_credential(),
+                                             project=app.project_id)
+        _async_clients[loop] = client
+    return client
 
 
 @lru_cache(maxsize=1)

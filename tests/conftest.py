@@ -195,27 +195,40 @@ def api_log_lines() -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _serve(argv: list[str], bind_variable: str, env_overrides: dict, started: list,
+           tmp_path: Path) -> str:
+    bind = env_overrides.pop(bind_variable, None) or f"127.0.0.1:{free_port()}"
+    port = int(bind.rsplit(":", 1)[1])
+    env = {**os.environ, bind_variable: bind, "GUNICORN_WORKERS": "1",
+           "DJANGO_SETTINGS_MODULE": "config.settings", **env_overrides}
+    log = tmp_path / f"{argv[1].replace('.', '-')}-{port}.log"
+    proc = spawn([sys.executable, *argv], log_path=log, env=env)
+    started.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _http_ok(f"{base}/api/health/live"), timeout=30, what=argv[1],
+               proc=proc, log_path=log)
+    return base
+
+
 @pytest.fixture
 def start_server(emulators, securetoken, tmp_path):
     """`start_server(**env)` -> base URL of a real gunicorn (config/gunicorn.conf.py) on a
     free loopback port, configured like the test settings plus `env`; stopped after."""
-    started = []
+    started: list = []
+    yield lambda **env: _serve(["-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+                                "config.wsgi:application"], "GUNICORN_BIND", env, started,
+                               tmp_path)
+    for proc in started:
+        stop(proc)
 
-    def start(**env_overrides) -> str:
-        bind = env_overrides.pop("GUNICORN_BIND", None) or f"127.0.0.1:{free_port()}"
-        port = int(bind.rsplit(":", 1)[1])
-        env = {**os.environ, "GUNICORN_BIND": bind, "GUNICORN_WORKERS": "1",
-               "DJANGO_SETTINGS_MODULE": "config.settings", **env_overrides}
-        log = tmp_path / f"gunicorn-{port}.log"
-        proc = spawn([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                      "config.wsgi:application"], log_path=log, env=env)
-        started.append(proc)
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _http_ok(f"{base}/api/health/live"), timeout=30, what="gunicorn",
-                   proc=proc, log_path=log)
-        return base
 
-    yield start
+@pytest.fixture
+def start_events_server(emulators, securetoken, tmp_path):
+    """`start_events_server(**env)` -> base URL of the event-stream server nginx routes
+    `/api/analysis/<job>/events` to (`python -m config.events`: uvicorn, Django's ASGI
+    application) on a free loopback port, configured like `start_server`; stopped after."""
+    started: list = []
+    yield lambda **env: _serve(["-m", "config.events"], "EVENTS_BIND", env, started, tmp_path)
     for proc in started:
         stop(proc)
 

@@ -467,12 +467,17 @@ def sse(response):
             block[name] = value.removeprefix(" ")
 
 
-def test_progress_streams_through_gunicorn_in_order_and_ends(as_user, client, analysis_on,
-                                                             fake, recording, secret,
-                                                             start_server, securetoken):
-    # gunicorn first: forking while this process's threads talk gRPC (the fake fetching
+# Both ways a stream is served: the event-stream server nginx routes /events to (uvicorn,
+# ASGI, the choice in production and `make run`) and gunicorn, which still answers the path.
+SERVERS = pytest.mark.parametrize("server", ["start_events_server", "start_server"])
+
+
+@SERVERS
+def test_progress_streams_in_order_and_ends(as_user, client, analysis_on, fake, recording,
+                                            secret, server, request, securetoken):
+    # The server first: forking while this process's threads talk gRPC (the fake fetching
     # audio from the in-process app) can abort the child before it execs.
-    base = start_server(ANALYSIS_STREAM_POLL_SECONDS="0.05")
+    base = request.getfixturevalue(server)(ANALYSIS_STREAM_POLL_SECONDS="0.05")
     fake.stepwise = True
     fake.start()
     job_id = analyze(as_user, recording["recordingId"]).json()["jobId"]
@@ -519,11 +524,13 @@ def test_progress_streams_through_gunicorn_in_order_and_ends(as_user, client, an
     assert done.status_code == 204
 
 
-def test_a_quiet_stream_sends_heartbeats_and_ends_at_its_maximum_life(as_user, analysis_off,
-                                                                      queued_job, start_server,
+@SERVERS
+def test_a_quiet_stream_sends_heartbeats_and_ends_at_its_maximum_life(analysis_off, queued_job,
+                                                                      server, request,
                                                                       securetoken):
-    base = start_server(ANALYSIS_STREAM_POLL_SECONDS="0.05",
-                        ANALYSIS_STREAM_HEARTBEAT_SECONDS="0", ANALYSIS_STREAM_MAX_SECONDS="1")
+    base = request.getfixturevalue(server)(
+        ANALYSIS_STREAM_POLL_SECONDS="0.05", ANALYSIS_STREAM_HEARTBEAT_SECONDS="0",
+        ANALYSIS_STREAM_MAX_SECONDS="1")
     response = requests.get(f"{base}/api/analysis/{queued_job}/events", stream=True,
                             timeout=60,
                             headers={"Authorization": f"Bearer {securetoken.mint('alice')}"})
@@ -533,6 +540,25 @@ def test_a_quiet_stream_sends_heartbeats_and_ends_at_its_maximum_life(as_user, a
     assert json.loads(events[0]["data"])["status"] == "queued"
     assert any("heartbeat" in block.get("comments", []) for block in blocks)
     assert job_doc(queued_job)["status"] == "queued"
+
+
+def test_the_event_server_lets_in_whom_the_api_lets_in(analysis_off, queued_job,
+                                                       start_events_server, securetoken):
+    base = start_events_server()
+    url = f"{base}/api/analysis/{queued_job}/events"
+
+    def status(headers: dict) -> tuple[int, str | None]:
+        with requests.get(url, headers=headers, stream=True, timeout=60) as response:
+            code = response.json()["error"]["code"] if response.status_code >= 400 else None
+            return response.status_code, code
+
+    assert status({}) == (401, "unauthenticated")
+    assert status({"Authorization": "Bearer not-a-token"})[0] == 401
+    assert status({"Authorization": f"Bearer {securetoken.mint('mallory')}"}) == (
+        403, "not_in_call")
+    assert status({"Authorization": f"Bearer {securetoken.mint('alice')}"}) == (200, None)
+    assert status({"Authorization": f"Bearer {securetoken.mint('root', admin=True)}"}) == (
+        200, None)
 
 
 def test_a_callback_naming_another_job_in_its_body_is_refused(client, queued_job, secret):

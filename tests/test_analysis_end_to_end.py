@@ -76,9 +76,10 @@ def _events(response: httpx.Response) -> list[dict]:
 
 
 def test_an_uploaded_korean_recording_is_analysed_and_followed_live(
-        as_user, bearer, start_server, analyzer, tmp_path):
+        as_user, bearer, start_server, start_events_server, analyzer, tmp_path):
     analyzer_url, secret = analyzer
     bind = f"127.0.0.1:{free_port()}"
+    events_base = start_events_server()  # what nginx routes the /events path to
     base = start_server(GUNICORN_BIND=bind, ANALYSIS_SERVER_URL=analyzer_url,
                         ANALYSIS_WEBHOOK_SECRET=secret, ANALYSIS_AUTO="1",
                         ANALYSIS_CALLBACK_BASE_URL=f"http://{bind}")
@@ -94,7 +95,8 @@ def test_an_uploaded_korean_recording_is_analysed_and_followed_live(
         recording_id = uploaded.json()["recordingId"]
         [job] = [snap.to_dict() for snap in firestore_client().collection("analysisJobs")
                  .where("recordingId", "==", recording_id).stream()]  # made by ANALYSIS_AUTO
-        with http.stream("GET", f"/api/analysis/{job['jobId']}/events", headers=alice,
+        with http.stream("GET", f"{events_base}/api/analysis/{job['jobId']}/events",
+                         headers=alice,
                          timeout=httpx.Timeout(30, read=120)) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             events = _events(stream)  # returns when the server closes the stream
