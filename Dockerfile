@@ -61,4 +61,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os,sys,urllib.request; port=os.environ.get('GUNICORN_BIND','0.0.0.0:8000').rsplit(':',1)[-1]; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/api/health/live' % port, timeout=4).status == 200 else 1)"]
 
+# The same image runs the event-stream server (`python -m config.events`, port 8002; compose
+# service `events`), the recorder and the analyzer with another command.
 CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"]

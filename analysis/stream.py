@@ -3,10 +3,12 @@
 
 Two bodies with one behaviour: `job_events_async`, what the ASGI event-stream server
 (`python -m config.events`, uvicorn; nginx routes the events there) streams on its event
-loop with the Firestore async client, so an open stream costs a coroutine and a few kB, not
-a thread; and `job_events`, the same stream as a plain generator for gunicorn's gthread
-workers (every path still answers there, one thread per open stream). BENCHMARKS.md
-("200 event streams") has the measurement behind the choice.
+loop, so an open stream costs a coroutine and a few kB, not a thread; and `job_events`, the
+same stream as a plain generator for gunicorn's gthread workers (every path still answers
+there, one thread per open stream). BENCHMARKS.md ("200 event streams") has the measurement
+behind the choice. Each stream reads its job with Firestore's async client (a point read,
+as in gunicorn; batching the streams' reads into BatchGetDocuments measured slower on the
+emulator, whose batched reads cost more per document than concurrent point reads).
 
 Change detection polls the job document (one point read every
 ANALYSIS_STREAM_POLL_SECONDS) rather than holding a Firestore `on_snapshot` listener:
@@ -99,11 +101,16 @@ async def job_events_async(job: dict, *, last_seq: int, view: Callable[[dict], d
     stream = _Stream(last_seq=last_seq, view=view, heartbeat_seconds=heartbeat_seconds,
                      max_seconds=max_seconds)
     yield stream.opening(job_id)
+    loop = asyncio.get_running_loop()
+    due = loop.time()
     while True:
         chunks, done = stream.step(job)
         for chunk in chunks:
             yield chunk
         if done:
             return
-        await asyncio.sleep(poll_seconds)
+        # A read every poll_seconds from the stream's start, however long reads take: the
+        # streams keep the phases they started with, and their reads stay spread out.
+        due = max(due + poll_seconds, loop.time())
+        await asyncio.sleep(due - loop.time())
         job = await store.job_read_async(job_id)

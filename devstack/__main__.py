@@ -1,7 +1,8 @@
 """`python -m devstack [demo]`: the whole local stack in one command (`make run`).
 
 Firestore emulator + fake-gcs-server (with the bucket) + the recorder (headless Chromium)
-+ gunicorn, all on 127.0.0.1. With `demo` (`make demo`) it also runs one whole call with
++ gunicorn + the event-stream server (uvicorn, the analysis progress streams), all on
+127.0.0.1. With `demo` (`make demo`) it also runs one whole call with
 a tone instead of Agora, prints the stored WAV's URL and spec, and stops.
 Local development defaults fill in whatever `.env` and the environment leave unset, and
 are printed. Ctrl-C / SIGTERM stops everything; nothing is left listening.
@@ -34,6 +35,8 @@ DEV_DEFAULTS = {
     "FIRESTORE_PORT": "8080",
     "STORAGE_PORT": "9199",
     "GUNICORN_BIND": "127.0.0.1:8000",
+    # GET /api/analysis/<job>/events on an event loop (nginx routes it there in production).
+    "EVENTS_BIND": "127.0.0.1:8002",
     "RECORDER_PORT": "3100",
     "RECORDER_SECRET": "local-recorder-secret",
     "RECORDINGS_DIR": str(ROOT / "var" / "recordings"),
@@ -109,7 +112,7 @@ def main() -> int:
         storage_port=int(os.environ["STORAGE_PORT"]),
         rules=ROOT / "firestore.rules",
     )
-    gunicorn = recorder = analyzer = None
+    gunicorn = recorder = analyzer = events = None
     try:
         _say("starting the Firestore emulator and fake-gcs-server ...")
         emulators.start()
@@ -139,16 +142,23 @@ def main() -> int:
         # channel, the emulator's warm-up) happens here, not in the first user's request.
         wait_until(lambda: _http_ok(f"{base}/api/health"), timeout=60,
                    what="the API's dependencies (GET /api/health)", proc=gunicorn)
+        events = spawn([sys.executable, "-m", "config.events"], log_path=None, env=env)
+        events_base = "http://" + env["EVENTS_BIND"]
+        wait_until(lambda: _http_ok(f"{events_base}/api/health/live"), timeout=60,
+                   what="the event-stream server", proc=events)
         _say(f"Firestore emulator  {emulators.firestore_host}")
         _say(f"Storage emulator    {emulators.storage_url} (bucket {emulators.bucket})")
         _say(f"Recorder            {env['RECORDER_SERVICE_URL']} (recordings in {env['RECORDINGS_DIR']})")
         _say(f"Analyzer            {env['ANALYSIS_SERVER_URL']}")
         _say(f"API                 {base}/api/  (docs {base}/api/docs)")
+        _say(f"Event streams       {events_base}/api/analysis/<jobId>/events (what nginx "
+             "routes there; gunicorn answers the path too, a thread per stream)")
         _say(f"logs                {log_dir}/api.log and *-emulator.log (requests are also printed here)")
         if demo:
             return run_demo(base)
         _say("ready; Ctrl-C stops everything")
-        watched = ((gunicorn, "gunicorn"), (recorder, "the recorder"), (analyzer, "the analyzer"),
+        watched = ((gunicorn, "gunicorn"), (events, "the event-stream server"),
+                   (recorder, "the recorder"), (analyzer, "the analyzer"),
                    *((p, "an emulator") for p in emulators.procs))
         while not stopping:
             for proc, name in watched:
@@ -162,6 +172,7 @@ def main() -> int:
         _say(str(exc))
         return 2
     finally:
+        stop(events, grace=25)
         stop(gunicorn)
         stop(recorder, grace=30)
         stop(analyzer, grace=30)

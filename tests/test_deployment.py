@@ -1,7 +1,8 @@
 """Deployment files: nginx.conf works for real in front of a backend; Dockerfile and compose agree.
 
 nginx runs on a temporary copy of nginx.conf where only what needs a container or root changes:
-the upstream `api:8000` (resolved at config-test time) becomes the local echo backend, `listen 80`
+the upstreams `api:8000` and `events:8002` (resolved at config-test time) become local backends,
+`listen 80`
 becomes a free loopback port, and pid/temp paths go into a temporary prefix directory.
 """
 import contextlib
@@ -39,11 +40,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_test_config(prefix: Path, upstream_port: int, listen_port: int) -> Path:
+def write_test_config(prefix: Path, upstream_port: int, listen_port: int,
+                      events_port: int | None = None) -> Path:
     text = (REPO / "nginx.conf").read_text()
     temp_paths = "".join(f"    {kind}_temp_path {prefix}/{kind};\n"
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     for pattern, new in ((r"server api:8000;", f"server 127.0.0.1:{upstream_port};"),
+                         (r"server events:8002;",
+                          f"server 127.0.0.1:{events_port or upstream_port};"),
                          (r"listen 80 default_server;", f"listen 127.0.0.1:{listen_port} default_server;"),
                          (r"(?m)^http \{\n", "http {\n" + temp_paths)):
         text, count = re.subn(pattern, lambda _m, new=new: new, text)
@@ -89,12 +93,13 @@ class EchoHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def nginx_in_front_of(prefix: Path, upstream_port: int):
-    """nginx with the project's config on a loopback port, in front of `upstream_port`."""
+def nginx_in_front_of(prefix: Path, upstream_port: int, events_port: int | None = None):
+    """nginx with the project's config on a loopback port, in front of `upstream_port` (and
+    of `events_port` for the event streams; `upstream_port` when None)."""
     port, proc = free_port(), None
     access_log, error_log = prefix / "stdout.log", prefix / "stderr.log"
     try:
-        conf = write_test_config(prefix, upstream_port, port)
+        conf = write_test_config(prefix, upstream_port, port, events_port)
         with open(access_log, "wb") as out, open(error_log, "wb") as err:
             proc = subprocess.Popen(nginx_cmd(prefix, conf, globals_=" daemon off;"),
                                     stdout=out, stderr=err)
@@ -138,6 +143,43 @@ def gateway(prefix, start_server):
     base = start_server(GUNICORN_WORKERS="2")
     with nginx_in_front_of(prefix, int(base.rsplit(":", 1)[1])) as running:
         yield running
+
+
+def test_analysis_event_streams_go_to_the_event_server_and_pass_unbuffered(
+        prefix, start_events_server, securetoken):
+    from integrations.firebase import firestore_client
+
+    firestore_client().collection("analysisJobs").document("job-nginx").set({
+        "jobId": "job-nginx", "participants": ["alice", "bob"], "status": "queued",
+        "progress": 0, "seq": 1, "message": "Queued.", "recordingId": "rec-nginx"})
+    events = start_events_server()
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)  # stands in for gunicorn
+    backend.daemon_threads = True
+    threading.Thread(target=backend.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        with nginx_in_front_of(prefix, backend.server_address[1],
+                               int(events.rsplit(":", 1)[1])) as running:
+            status, _, body = call(running["port"], "GET", "/api/analysis/job-nginx")
+            assert status == 200 and json.loads(body)["path"] == "/api/analysis/job-nginx"
+            conn = http.client.HTTPConnection("127.0.0.1", running["port"], timeout=DEADLINE_S)
+            try:
+                conn.request("GET", "/api/analysis/job-nginx/events", headers={
+                    "Authorization": f"Bearer {securetoken.mint('alice')}"})
+                resp = conn.getresponse()
+                assert resp.status == 200
+                assert resp.getheader("Content-Type").startswith("text/event-stream")
+                seen = b""
+                while b"event: progress" not in seen:  # the job stays queued: no end
+                    line = resp.readline()
+                    assert line, seen
+                    seen += line
+                assert b"retry: 3000" in seen and b"id: 1" in seen
+            finally:
+                conn.close()
+    finally:
+        backend.shutdown()
+        backend.server_close()
 
 
 def call(port, method, path, headers=None, body=None):
@@ -236,6 +278,8 @@ def test_compose_runs_api_recorder_and_nginx_behind_loopback_only():
     assert "RECORDER_SERVICE_URL: http://recorder:3100" in compose
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in compose
     assert '"127.0.0.1:8001:80"' in compose
+    assert re.search(r'(?m)^  events:\s*$', compose)
+    assert 'command: ["python", "-m", "config.events"]' in compose
     assert "shm_size" in compose
 
 

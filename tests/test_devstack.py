@@ -44,12 +44,13 @@ def _post(url: str, body: dict) -> dict:
 
 def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
     ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port(),
-             "RECORDER_PORT": free_port(), "ANALYZER_PORT": free_port()}
+             "RECORDER_PORT": free_port(), "ANALYZER_PORT": free_port(), "EVENTS": free_port()}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MEMHARBOR_", "AGORA_", "FIREBASE_", "FIRESTORE_", "STORAGE_",
                                 "AUTH_MODE", "OPS_API_KEY", "DJANGO_SETTINGS_MODULE"))}
     env.update(FIRESTORE_PORT=str(ports["FIRESTORE_PORT"]), STORAGE_PORT=str(ports["STORAGE_PORT"]),
                GUNICORN_BIND=f"127.0.0.1:{ports['API']}", LOG_DIR=str(tmp_path),
+               EVENTS_BIND=f"127.0.0.1:{ports['EVENTS']}",
                RECORDER_PORT=str(ports["RECORDER_PORT"]),
                ANALYZER_PORT=str(ports["ANALYZER_PORT"]),
                RECORDINGS_DIR=str(tmp_path / "recordings"))
@@ -81,8 +82,17 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         assert invite["success"] and invite["channelName"].startswith("group1_alice_bob_")
         token = _post(f"{base}/api/token", {"channel": invite["channelName"], "uid": 12345})
         assert token["token"].startswith("007")
+        # The event-stream server: the same app (dev auth, JSON errors) for the events path.
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{ports['EVENTS']}/api/analysis/nope/events",
+                headers={"Authorization": "Bearer dev:alice"}), timeout=10)
+            raise AssertionError("an unknown job's events answered 2xx")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+            assert json.load(exc)["error"]["code"] == "analysis_not_found"
         children = _children_of(proc.pid)
-        assert len(children) >= 5  # java, fake-gcs-server, the recorder, the analyzer, gunicorn
+        assert len(children) >= 6  # java, fake-gcs-server, recorder, analyzer, gunicorn, events
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
