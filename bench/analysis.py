@@ -16,12 +16,13 @@ from /proc: peak RSS (sum over the processes), peak PSS, and the kernel's own pe
 holds. Every process it starts is stopped (by PID, its process group).
 
     .venv/bin/python -m bench.analysis --part streams [--streams 200] [--rounds 4]
-                                       [--health-requests 300]
+                                       [--health-requests 300] [--repeat 1]
 
 Part `streams`: the bench stack (bench/stack.py: emulators, real Firebase ID tokens) and,
-in turn in the same run, three ways to serve `GET /api/analysis/<job>/events`: gunicorn
+in turn in the same run, four ways to serve `GET /api/analysis/<job>/events`: gunicorn
 gthread as it was (2 workers x 8 threads), gthread with 200 threads per worker, and the
-uvicorn event server (`python -m config.events`, ASGI) beside gthread 2 x 8. For each:
+uvicorn event server (`python -m config.events`, ASGI, 1 and 2 worker processes) beside
+gthread 2 x 8 (--repeat: the sequence again). For each:
 --streams queued jobs written to Firestore (the shape analysis.services writes), one SSE
 client per job, --rounds rounds of signed progress webhooks then a `completed` one; measured
 are the streams held, PSS and threads of each server's process tree idle and with the
@@ -300,11 +301,14 @@ def _version(package: str) -> str:
 # --- part: streams ------------------------------------------------------------------------
 
 # (label, what serves the streams, gunicorn's environment). All three in one run, in turn.
+GTHREAD_2X8 = {"GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "8"}
 STREAM_SETUPS = (
-    ("gthread 2 x 8 (as it was)", "gunicorn", {"GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "8"}),
+    ("gthread 2 x 8 (as it was)", "gunicorn", GTHREAD_2X8),
     ("gthread 2 x 200", "gunicorn", {"GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "200"}),
-    ("uvicorn event server (ASGI) + gthread 2 x 8", "events",
-     {"GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "8"}),
+    ("uvicorn event server, 1 worker (ASGI) + gthread 2 x 8", "events",
+     {**GTHREAD_2X8, "EVENTS_WORKERS": "1"}),
+    ("uvicorn event server, 2 workers (ASGI) + gthread 2 x 8", "events",
+     {**GTHREAD_2X8, "EVENTS_WORKERS": "2"}),
 )
 STREAM_UID = "bench-carer"
 
