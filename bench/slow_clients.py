@@ -1,6 +1,6 @@
 """Benchmark: normal requests while 200 slow clients attack, through nginx and without it.
 
-    .venv/bin/python -m bench.slow_clients [--attack-seconds 30] [--quiet-seconds 15]
+    .venv/bin/python -m bench.slow_clients [--attack-seconds 30] [--quiet-seconds 30]
         [--headers 140] [--bodies 60] [--request-timeout 5]
 
 One run, one production-like stack (bench.stack: Firestore and Storage emulators, a fake
@@ -51,6 +51,7 @@ class Phase:
     latencies: dict = field(default_factory=lambda: {"live": [], "authed": []})
     failures: dict = field(default_factory=lambda: {"live": 0, "authed": 0})
     attack: dict | None = None
+    recovered_after_s: float | None = None
 
     def summary(self, kind: str) -> dict:
         values = sorted(self.latencies[kind])
@@ -123,13 +124,14 @@ def attack_summary(slow: SlowClients) -> dict:
     return out
 
 
-def settle(port: int, timeout: float) -> None:
-    """Wait (bounded) until the server answers again after an attack."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+def settle(port: int, timeout: float) -> float | None:
+    """Seconds until the server answers again once the slow connections are gone (bounded)."""
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
         if one_request(port, "/api/health/live", {}, timeout)[0]:
-            return
+            return time.monotonic() - started
         time.sleep(0.5)
+    return None
 
 
 def fmt(value, spec=".1f") -> str:
@@ -145,9 +147,6 @@ def report(phases: list[Phase], args, started: dt.datetime) -> None:
     print(f"\n{'phase':32} {'request':7} {'n':>5} {'failed':>6} {'p50 ms':>9} {'p99 ms':>9}")
     for name, kind, s in rows:
         print(f"{name:32} {kind:7} {s['n']:5} {s['failed']:6} {fmt(s['p50']):>9} {fmt(s['p99']):>9}")
-    for phase in phases:
-        if phase.attack:
-            print(f"{phase.name}: slow connections {phase.attack}")
 
     def ratio(attacked: Phase, quiet: Phase, kind: str, key: str) -> str:
         a, q = attacked.summary(kind)[key], quiet.summary(kind)[key]
@@ -159,7 +158,7 @@ def report(phases: list[Phase], args, started: dt.datetime) -> None:
     print(f"Machine: {machine()}. {args.headers} + {args.bodies} slow connections for "
           f"{args.attack_seconds:g} s, quiet phases {args.quiet_seconds:g} s, request timeout "
           f"{args.request_timeout:g} s.\n")
-    print("| path | request | quiet p50 / p99 ms | attacked p50 / p99 ms | attacked failed / sent "
+    print("| route | request | quiet p50 / p99 ms | attacked p50 / p99 ms | attacked failed / sent "
           "| p99 ratio attacked / quiet |")
     print("|---|---|---:|---:|---:|---:|")
     for quiet, attacked, label in ((nq, na, "through nginx"), (gq, ga, "gunicorn alone")):
@@ -168,18 +167,26 @@ def report(phases: list[Phase], args, started: dt.datetime) -> None:
             print(f"| {label} | {kind} | {fmt(q['p50'])} / {fmt(q['p99'])} | {fmt(a['p50'])} / "
                   f"{fmt(a['p99'])} | {a['failed']} / {a['n']} | "
                   f"{ratio(attacked, quiet, kind, 'p99')} |")
+    print()
     for phase in (na, ga):
         h, b = phase.attack["headers"], phase.attack["body"]
-        print(f"\n{phase.name}: header dribblers closed by the server {h['closed_by_server']}/"
-              f"{h['opened']} (median after {fmt(h['held_median_s'])} s); silent bodies "
-              f"refused {b['refused']}, closed by the server {b['closed_by_server']}/"
-              f"{b['opened'] - b['refused']} (median after {fmt(b['held_median_s'])} s).")
+
+        def closed(part: dict, of: int) -> str:
+            if not part["closed_by_server"]:
+                return f"none of {of} closed by the server"
+            return (f"{part['closed_by_server']} of {of} closed by the server, median after "
+                    f"{fmt(part['held_median_s'])} s")
+
+        print(f"- {phase.name}: header dribblers {closed(h, h['opened'])}; silent bodies "
+              f"{b['refused']} refused at once, {closed(b, b['opened'] - b['refused'])}; "
+              f"liveness answered {fmt(phase.recovered_after_s, '.2f')} s after the slow "
+              "connections closed.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--attack-seconds", type=float, default=30)
-    parser.add_argument("--quiet-seconds", type=float, default=15)
+    parser.add_argument("--quiet-seconds", type=float, default=30)
     parser.add_argument("--headers", type=int, default=140)
     parser.add_argument("--bodies", type=int, default=60)
     parser.add_argument("--request-timeout", type=float, default=5)
@@ -206,7 +213,7 @@ def main() -> None:
                 normal_traffic(quiet, port, auth, args.quiet_seconds, args.request_timeout)
                 print(f"{attacked.name} ...", flush=True)
                 under_attack(attacked, port, auth, args)
-                settle(port, args.request_timeout)
+                attacked.recovered_after_s = settle(port, args.request_timeout)
             report(phases, args, started)
     finally:
         with contextlib.suppress(OSError):

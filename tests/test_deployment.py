@@ -184,6 +184,12 @@ def test_compose_runs_api_recorder_and_nginx_behind_loopback_only():
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in compose
     assert '"127.0.0.1:8001:80"' in compose
     assert "shm_size" in compose
+    # gunicorn is never exposed without nginx: nginx is the only service that publishes a port.
+    services = re.split(r"(?m)^\S", compose.split("\nservices:\n", 1)[1], maxsplit=1)[0]
+    blocks = dict(re.findall(r"(?ms)^  ([\w-]+):[ \t]*\n(.*?)(?=^  [\w-]+:[ \t]*$|\Z)", services))
+    assert "api" in blocks and "nginx" in blocks, list(blocks)
+    assert [name for name, text in blocks.items() if "ports:" in text] == ["nginx"], list(blocks)
+    assert compose.count("ports:") == 1  # none in a shared anchor either
 
 
 # --- nginx absorbs bad and slow clients in front of the real gunicorn ---------------------
