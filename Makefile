@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) -m bench.uploads
 	$(PY) -m bench.ncs
 	$(PY) -m bench.analysis --part analyzer
+	$(PY) -m bench.slow_clients
 
 clean:
 	rm -rf $(VENV) .pytest_cache
