@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
 	$(PY) -m bench.token
 	$(PY) -m bench.calls
+	$(PY) -m bench.races
 	$(PY) -m bench.push
 	$(PY) -m bench.media
 	$(PY) -m bench.recorder
