@@ -450,6 +450,18 @@ def test_apns_answering_500_twice_leaves_the_call_standing(as_user, apns):
     assert stored(call["callId"])["status"] == "pending"
 
 
+@pytest.mark.parametrize("answers, seen, sent, error", [
+    ([429], [429, 200], True, None),
+    ([429, 429, 429], [429, 429], False, "too_many_requests")])
+def test_apns_429_is_retried_once(as_user, apns, answers, seen, sent, error):
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    apns.fail_with[VOIP_TOKEN] = list(answers)
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushError"]) == (sent, error)
+    assert [r.status for r in to(apns, VOIP_TOKEN)] == seen  # one retry, not more
+    assert stored(call["callId"])["status"] == "pending"
+
+
 def test_fcm_unavailable_is_retried_once(as_user, fcm):
     phone("bob", platform="android", fcmToken=FCM_TOKEN)
     fcm.fail_with[FCM_TOKEN] = [(503, "UNAVAILABLE", 0)]
