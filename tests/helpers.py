@@ -4,6 +4,7 @@ server stored, the error shape, and plain HTTP against a server a test started."
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -11,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from google.cloud import firestore
 
 from core.clock import utc_now
 from devstack.emulators import free_port
@@ -49,6 +52,30 @@ def age(call_id: str, seconds: int, *fields: str) -> None:
         {f: doc[f] - timedelta(seconds=seconds) for f in ("createdAt", *fields)})
     db.collection("channels").document(doc["channelName"]).update(
         {"createdAt": doc["createdAt"] - timedelta(seconds=seconds)})
+
+
+@contextlib.contextmanager
+def held(path: str):
+    """Another writer inside a transaction on the document at `path` (it has read it and
+    means to write it) for as long as the block runs: the server's transactions on that
+    document wait for it and are aborted. It commits (changing nothing) on the way out."""
+    ref = firestore_client().document(path)
+    holding, release = threading.Event(), threading.Event()
+
+    @firestore.transactional
+    def hold(transaction):
+        transaction.update(ref, {"updatedAt": ref.get(transaction=transaction).get("updatedAt")})
+        holding.set()
+        release.wait()
+
+    holder = threading.Thread(target=hold, args=(firestore_client().transaction(),))
+    holder.start()
+    holding.wait(timeout=30)
+    try:
+        yield ref
+    finally:
+        release.set()
+        holder.join(timeout=60)
 
 
 def error_of(response, status: int, code: str) -> dict:

@@ -9,7 +9,7 @@ from core.clock import utc_now
 from recordings import store
 from recordings.documents import recording_document
 from tests.conftest import post_json
-from tests.helpers import INVITE, document, error_of, invite, upload
+from tests.helpers import INVITE, document, error_of, held, invite, stored, upload
 
 
 def _stored_recording(recording_id: str, *, minutes_ago: int, participants=("alice", "bob")):
@@ -83,3 +83,14 @@ def test_an_upload_keeps_the_apps_duration_and_serves_its_original(as_user, clie
     assert original.status_code == 200
     assert original["Content-Type"] == "audio/mpeg"
     assert b"".join(original.streaming_content) == sent.read_bytes()
+
+
+def test_a_call_another_writer_holds_through_every_retry_is_503_contention(as_user):
+    call = invite(as_user)
+    accept = {"call_id": call["callId"], "action": "accept"}
+    with held(f"calls/{call['callId']}"):
+        response = as_user("bob").post("/api/call/answer", accept)
+        error_of(response, 503, "contention")
+        assert stored(call["callId"])["status"] == "pending"  # nothing half-done
+    # The writer is gone: the same request now goes through.
+    assert as_user("bob").post("/api/call/answer", accept).json()["status"] == "accepted"

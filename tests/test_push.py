@@ -530,6 +530,49 @@ def test_an_unconfigured_provider_is_named_in_push_error(as_user, settings):
     assert invite(as_user)["pushError"] == "apns_not_configured"
 
 
+def _key_file(path, pem: str):
+    path.write_text(pem)
+    push_services.apns_client.cache_clear()  # the client reads its key when it is built
+    return str(path)
+
+
+def test_the_apns_key_is_read_from_apns_key_path(as_user, apns, settings, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    trusted = settings.APNS_KEY_CONTENT.replace("\\n", "\n")  # the key the fake trusts
+    settings.APNS_KEY_CONTENT = ""
+    settings.APNS_KEY_PATH = _key_file(tmp_path / "AuthKey.p8", trusted)
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    first = invite(as_user)
+    assert (first["pushSent"], first["pushPlatform"]) == (True, "ios")
+    # Another throwaway key in the file: Apple refuses what it signs, so the file signs.
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    settings.APNS_KEY_PATH = _key_file(tmp_path / "Other.p8", other)
+    as_user("alice").post("/api/call/cancel", {"call_id": first["callId"]})
+    second = invite(as_user)
+    assert (second["pushSent"], second["pushError"]) == (False, "invalid_provider_token")
+
+
+def test_the_fcm_service_account_is_read_from_fcm_service_account_path(as_user, fcm, settings,
+                                                                       tmp_path):
+    import json
+
+    account = tmp_path / "service-account.json"
+    account.write_text(json.dumps(fcm.service_account_info()))
+    settings.FCM_SERVICE_ACCOUNT_JSON = ""
+    settings.FCM_SERVICE_ACCOUNT_PATH = str(account)
+    push_services.fcm_client.cache_clear()
+    phone("bob", platform="android", fcmToken=FCM_TOKEN)
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushPlatform"]) == (True, "android")
+    [message] = fcm.sent_to(FCM_TOKEN)
+    assert message.status == 200 and message.message["data"]["callId"] == call["callId"]
+    push_services.fcm_client.cache_clear()
+
+
 def test_unconfigured_providers_are_reported_once_at_start_up(tmp_path):
     import os
 
