@@ -18,7 +18,7 @@ from integrations.firebase import firestore_client
 from push import devices as push_devices
 from push import services as push_services
 from tests.conftest import APNS_BUNDLE, api_log_lines, post_json
-from tests.helpers import INVITE, age, invite, stored
+from tests.helpers import INVITE, age, http_json, invite, stored
 
 VOIP_TOKEN = "ab" * 32
 APNS_TOKEN = "ac" * 32
@@ -522,6 +522,31 @@ def test_a_provider_that_is_down_does_not_fail_the_invite(as_user, settings, pla
     phone("bob", platform=platform, voipToken=VOIP_TOKEN, fcmToken=FCM_TOKEN)
     call = invite(as_user)
     assert (call["pushSent"], call["pushError"]) == (False, "connection_error")
+
+
+def test_a_receiver_whose_devices_cannot_be_read_is_not_rung_but_the_call_stands(
+        start_server, emulators, securetoken, apns):
+    import grpc
+
+    from tests.fakes.firestore_proxy import FirestoreProxy
+
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    proxy = FirestoreProxy(emulators.firestore_host).start()
+    # Firestore refuses the read of Bob's devices; everything else works.
+    proxy.refuse = lambda method, request: (
+        (grpc.StatusCode.PERMISSION_DENIED, "Missing or insufficient permissions.")
+        if method == "RunQuery" and request.parent.endswith("/users/bob") else None)
+    try:
+        base = start_server(FIRESTORE_EMULATOR_HOST=proxy.host)
+        status, call = http_json("POST", f"{base}/api/call/invite", INVITE, headers={
+            "Authorization": f"Bearer {securetoken.mint('alice')}"})
+        assert status == 200, call
+        assert (call["pushSent"], call["pushError"]) == (False, "user_lookup_failed")
+        assert [method for method, _ in proxy.refused] == ["RunQuery"]
+        assert stored(call["callId"])["status"] == "pending"
+        assert apns.requests == []
+    finally:
+        proxy.stop()
 
 
 def test_an_unconfigured_provider_is_named_in_push_error(as_user, settings):
