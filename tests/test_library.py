@@ -666,6 +666,7 @@ def test_the_admin_listing_pages_newest_first_with_the_total(client, library):
     ("date_from=2026-01-01&date_to=2026-01-31", ["january"]),
     ("date_to=2026-01-15", ["january"]),              # inclusive
     ("date_from=2026-01-16&user_id=dave", []),
+    ("date_from=2026-01-01&group_id=group2&source=upload&format=wav", ["january"]),
     ("date_from=2026-01-15T09:59:00Z&date_to=2026-01-15T10:00:00Z", ["january"]),
     ("date_from=2026-01-15T10:00:01%2B00:00", ["second", "first"]),
 ])
