@@ -70,7 +70,7 @@ def held(path: str):
 
     holder = threading.Thread(target=hold, args=(firestore_client().transaction(),))
     holder.start()
-    holding.wait(timeout=30)
+    assert holding.wait(timeout=30), "the other writer never got into its transaction"
     try:
         yield ref
     finally:
