@@ -141,6 +141,34 @@ def test_invite_burst_from_one_client_is_refused_with_json_429_but_others_pass(p
     assert call(proxy["port"], "POST", "/api/call/invite", other, b"{}")[0] == 200
 
 
+def test_token_burst_from_one_client_is_refused_with_json_429_but_others_pass(proxy):
+    noisy = {"CF-Connecting-IP": "198.51.100.3", "Content-Type": "application/json"}
+    statuses = []
+    for _ in range(200):  # 10r/s with burst 20: the first 21 pass, then a 429 comes
+        status, resp, body = call(proxy["port"], "POST", "/api/token", noisy, b"{}")
+        statuses.append(status)
+        if status == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {200}, statuses
+    assert len(statuses) > 21, statuses  # the burst of 20 is allowed
+    assert resp.getheader("Content-Type").startswith("application/json")
+    assert resp.getheader("Retry-After") == "1"
+    assert json.loads(body) == {"success": False, "error": {
+        "code": "rate_limited", "message": "Too many requests; retry shortly."}}
+    other = {"CF-Connecting-IP": "198.51.100.4", "Content-Type": "application/json"}
+    assert call(proxy["port"], "POST", "/api/token", other, b"{}")[0] == 200
+
+
+def test_an_api_that_is_down_is_a_json_502_not_nginxs_html_page(prefix):
+    with nginx_in_front_of(prefix, free_port()) as down:  # nothing listens upstream
+        status, resp, body = call(down["port"], "GET", "/api/recording/list",
+                                  {"X-Request-ID": "req-down"})
+    assert status == 502  # nginx keeps its status; the body is the API's error shape
+    assert resp.getheader("Content-Type").startswith("application/json")
+    assert (resp.getheader("Retry-After"), resp.getheader("X-Request-ID")) == ("5", "req-down")
+    assert json.loads(body)["error"]["code"] == "upstream_unavailable"
+
+
 def test_body_over_200_mb_is_refused_with_json_413_before_it_is_sent(proxy):
     conn = http.client.HTTPConnection("127.0.0.1", proxy["port"], timeout=DEADLINE_S)
     try:
