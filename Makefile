@@ -45,12 +45,14 @@ bench: $(STAMP)
 	$(MAKE) --no-print-directory $(RECORDER_ASSETS)
 	$(PY) -m bench.token
 	$(PY) -m bench.calls
+	$(PY) -m bench.races
 	$(PY) -m bench.push
 	$(PY) -m bench.media
 	$(PY) -m bench.recorder
 	$(PY) -m bench.uploads
 	$(PY) -m bench.ncs
 	$(PY) -m bench.analysis --part analyzer
+	$(PY) -m bench.slow_clients
 
 clean:
 	rm -rf $(VENV) .pytest_cache

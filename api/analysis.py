@@ -57,7 +57,7 @@ def analyze(request: HttpRequest, recording_id: RecordingId):
                                            force=_analyze_body(request).force))
 
 
-@analysis_router.get("/{job_id}", **answers(AnalysisJobOut, 401, 403, 404),
+@analysis_router.get("/{job_id}", **answers(AnalysisJobOut, 400, 401, 403, 404),
                      summary="An analysis job: status, progress, result")
 def job(request: HttpRequest, job_id: JobId):
     return services.analysis_read(principal=request.principal, job_id=job_id)
@@ -68,7 +68,7 @@ def _last_event_id(request: HttpRequest) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
-@analysis_router.get("/{job_id}/events", **answers(None, 401, 403, 404, docs=EVENTS_DOCS),
+@analysis_router.get("/{job_id}/events", **answers(None, 400, 401, 403, 404, docs=EVENTS_DOCS),
                      summary="An analysis job's progress (text/event-stream)")
 def events(request: HttpRequest, job_id: JobId):
     job = services.access_job(request.principal, job_id)
@@ -94,7 +94,7 @@ class AudioIn(Schema):
 
 
 @analysis_router.get("/{job_id}/audio", auth=None,
-                     **answers(None, 403, 404, 410, 416, 503, docs=MEDIA_DOCS),
+                     **answers(None, 400, 403, 404, 410, 416, 503, docs=MEDIA_DOCS),
                      summary="The job's audio, for the analysis server (job-scoped token)")
 def audio(request: HttpRequest, job_id: JobId, params: Query[AudioIn]):
     media = services.analysis_audio(job_id=job_id, token=params.token)

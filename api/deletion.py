@@ -38,7 +38,7 @@ users_router = Router(tags=["recording library"], auth=user_auth)
 
 
 @recordings_router.delete("/{recording_id}",
-                          **answers({200: DeletedOut, 202: DeletedOut}, 401, 403, 404, 409,
+                          **answers({200: DeletedOut, 202: DeletedOut}, 400, 401, 403, 404, 409,
                                     503),
                           summary="Delete a recording (a participant or an admin)")
 def delete_recording(request: HttpRequest, recording_id: RecordingId):
@@ -48,7 +48,7 @@ def delete_recording(request: HttpRequest, recording_id: RecordingId):
     return Status(status, answer)
 
 
-@users_router.delete("/{uid}/recordings", **answers(UserDeletedOut, 401, 403, 503),
+@users_router.delete("/{uid}/recordings", **answers(UserDeletedOut, 400, 401, 403, 503),
                      summary="Delete every recording of a user's calls (the user or an admin)")
 def delete_user_recordings(request: HttpRequest, uid: Uid):
     answer = deletion.user_recordings_delete(principal=request.principal, uid=uid)

@@ -1,7 +1,7 @@
 """Call actions: invite, answer, cancel, missed, end, status, settling ring timeouts, and
 the token rule.
 
-Each action runs its state change in one Firestore transaction (`store`) following the
+Each action runs its state change as one atomic write (`store.call_apply`) following the
 table in `states`, then announces what happened (`call_announce`: the pushes that ring or
 stop ringing a phone, and the call-final signal, hang off that one function).
 """

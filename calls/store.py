@@ -1,4 +1,5 @@
-"""Calls in Firestore. Every state change is one transaction: read, check, write.
+"""Calls in Firestore. Every state change is atomic: read, check, then write only if the
+call is unchanged since the read (`call_apply`).
 
 Collections (written by the server only):
 - `calls/{callId}`: the call document the apps read (fields as in the seed).
@@ -28,7 +29,7 @@ CALLS = "calls"
 LINES = "lines"
 CHANNELS = "channels"
 NOTICES = "agoraNotices"
-_MAX_ATTEMPTS = 25  # transactions retried on contention (racing accept/cancel)
+_MAX_ATTEMPTS = 25  # reads-and-writes retried on contention (racing accept/cancel)
 
 
 class CallNotFound(Exception):
@@ -211,25 +212,30 @@ def call_apply(call_id: str, decide_move: Callable[[dict], object] | None, *, no
                limits: presence.Limits, by: str | None,
                update: Callable[[dict], dict | None] | None = None,
                notice: tuple[str, dict] | None = None) -> Applied:
-    """In one transaction: read the call, apply `update(call)` (fields, e.g. presence; None:
-    nothing to do), persist the system move that is due (a ring timeout, a presence rule),
-    then write `decide_move(call)` when it is a Move. Any other verdict (a refusal) is
-    returned, not raised, so a system move is persisted even when the asked-for move is
-    refused. `decide_move=None` only settles what the system has to. `notice` (id, fields)
-    is an Agora notification recorded in `agoraNotices` in the same transaction: one seen
-    before changes nothing."""
+    """Read the call, apply `update(call)` (fields, e.g. presence; None: nothing to do),
+    persist the system move that is due (a ring timeout, a presence rule), then write
+    `decide_move(call)` when it is a Move. Any other verdict (a refusal) is returned, not
+    raised, so a system move is persisted even when the asked-for move is refused.
+    `decide_move=None` only settles what the system has to. `notice` (id, fields) is an
+    Agora notification recorded in `agoraNotices` in the same write: one seen before
+    changes nothing.
+
+    Atomic by compare-and-set rather than a transaction: the changes (with the channel
+    entry and the notice) are one batch that commits only if the call's update time is
+    still the one read; otherwise it reads and decides again. Of two racing moves exactly
+    one commits, and neither holds a lock while the other waits: with transactions both
+    hold read locks and both commits wait for the other, which the emulator breaks only by
+    its 2 s lock timeout (see BENCHMARKS.md, "Accept/cancel races")."""
     ref = _calls().document(call_id)
     notice_ref = (firestore_client().collection(NOTICES).document(notice[0])
                   if notice else None)
-
-    @firestore.transactional
-    def apply(transaction):
-        snap = ref.get(transaction=transaction)
+    for _ in range(_MAX_ATTEMPTS):
+        snap = ref.get()
         if not snap.exists:
             raise CallNotFound(call_id)
         call = snap.to_dict()
         changes = {}
-        if notice_ref is not None and notice_ref.get(transaction=transaction).exists:
+        if notice_ref is not None and notice_ref.get().exists:
             return Applied(call, None, ignored="duplicate")
         if update is not None:
             more = update(call)
@@ -237,8 +243,6 @@ def call_apply(call_id: str, decide_move: Callable[[dict], object] | None, *, no
                 return Applied(call, None, ignored="stale")
             changes.update(more)
             call = {**call, **more}
-        if notice_ref is not None:
-            transaction.create(notice_ref, notice[1])
         system = presence.system_action(call, now=now, limits=limits)
         if system:
             move = decide(Status(call["status"]), system, Actor.SYSTEM)
@@ -250,14 +254,21 @@ def call_apply(call_id: str, decide_move: Callable[[dict], object] | None, *, no
             more = _changes_for(call, verdict, now=now, by=by)
             changes.update(more)
             call = {**call, **more}
-        if changes:
-            transaction.update(ref, changes)
-            if "status" in changes and call.get("channelName"):
-                transaction.set(_channels().document(call["channelName"]),
-                                _channel_entry(call))
+        if not changes:  # a refusal or a repeat: true of the call as it was when read
+            return Applied(call, verdict, system)
+        batch = firestore_client().batch()
+        batch.update(ref, changes, option=firestore_client().write_option(
+            last_update_time=snap.update_time))
+        if notice_ref is not None:
+            batch.create(notice_ref, notice[1])
+        if "status" in changes and call.get("channelName"):
+            batch.set(_channels().document(call["channelName"]), _channel_entry(call))
+        try:
+            batch.commit()
+        except (gexc.FailedPrecondition, gexc.NotFound, gexc.Conflict, gexc.Aborted):
+            continue  # the call (or the notice) was written since the read: decide again
         return Applied(call, verdict, system)
-
-    return _run(apply)
+    raise StoreContention(f"call {call_id} kept changing under {_MAX_ATTEMPTS} attempts")
 
 
 def calls_ringing_since(cutoff: datetime, *, page_size: int = 300) -> Iterator[dict]:

@@ -136,7 +136,7 @@ AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
 
 # The ops console (/ops/): a signed-cookie session, no SQL database.
 CONSOLE_SESSION_HOURS = env.int("CONSOLE_SESSION_HOURS", default=8)
-# Failed sign-ins per client IP within CONSOLE_SIGNIN_WINDOW_SECONDS before 429 (in-process).
+# Failed sign-ins per client IP within CONSOLE_SIGNIN_WINDOW_SECONDS before 429 (in Firestore).
 CONSOLE_SIGNIN_MAX_FAILURES = env.int("CONSOLE_SIGNIN_MAX_FAILURES", default=5)
 CONSOLE_SIGNIN_WINDOW_SECONDS = env.int("CONSOLE_SIGNIN_WINDOW_SECONDS", default=300)
 
@@ -282,7 +282,7 @@ WHITENOISE_USE_FINDERS = True
 
 # The console's session lives in a signed cookie (there is no SQL database), sent to /ops/
 # only; CSRF protects every console form (the API is token-based and exempt).
-SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+SESSION_ENGINE = "api.console.sessions"  # Firestore: sign-out ends a session for good
 SESSION_COOKIE_NAME = "memharbor_console"
 SESSION_COOKIE_PATH = "/ops/"
 SESSION_COOKIE_HTTPONLY = True

@@ -39,8 +39,8 @@ def _bound(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat()
 
 
-def day_or_time_bound(value: str, *, field: str, end: bool) -> str:
-    """The bound of a `YYYY-MM-DD` day or an instant: its start, or (`end`) just after it,
+def day_or_time(value: str, *, field: str, end: bool) -> datetime:
+    """The start of a `YYYY-MM-DD` day or an instant, or (`end`) the moment just after it,
     so an end day is inclusive."""
     if _DAY.fullmatch(value.strip()):
         try:
@@ -52,9 +52,14 @@ def day_or_time_bound(value: str, *, field: str, end: bool) -> str:
         moment = instant_parse(value, field=field)
         step = timedelta(seconds=1)
     try:
-        return _bound(moment + step if end else moment)
+        return moment + step if end else moment
     except OverflowError:
         raise _refused(field, value, "is too late: the day after it is out of range.")
+
+
+def day_or_time_bound(value: str, *, field: str, end: bool) -> str:
+    """`day_or_time` as a bound on the stored `recordedAt` strings."""
+    return _bound(day_or_time(value, field=field, end=end))
 
 
 def window_bounds(value: str, *, field: str, around: timedelta) -> tuple[str, str]:

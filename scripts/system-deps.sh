@@ -12,8 +12,8 @@ have npm || need+=(npm)
 if [ "${1:-run}" != run ]; then
   have espeak-ng || need+=(espeak-ng)
 fi
-if [ "${1:-run}" = test ]; then
-  have nginx || need+=(nginx-light)
+if [ "${1:-run}" != run ]; then
+  have nginx || need+=(nginx-light)  # tests/test_deployment.py, bench/slow_clients.py
 fi
 if [ "${1:-run}" = bench ]; then
   have wrk || need+=(wrk)

@@ -33,6 +33,7 @@ from recorder_bridge import client as recorder_client
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.fcm import FakeFCM
 from tests.fakes.firebase_auth import FakeSecureToken
+from tests.helpers import queries_checked_against_the_index_file
 
 # Property tests: no wall-clock deadline, no example database in the work tree, and the
 # autouse per-test fixtures below are fine to share between a test's examples.
@@ -102,12 +103,21 @@ def fcm():
     fake.stop()
 
 
+@pytest.fixture(scope="session")
+def query_index_gaps():
+    """Queries sent by this process that firestore.indexes.json has no index for (the
+    emulator runs them; production Firestore would refuse them)."""
+    with queries_checked_against_the_index_file() as gaps:
+        yield gaps
+
+
 @pytest.fixture
-def stack(emulators, securetoken, apns, fcm):
+def stack(emulators, securetoken, apns, fcm, query_index_gaps):
     """Every test of the server starts with empty Firestore, Storage and uploads directory,
     quiet fakes and no caches, and fails if it made the server send a push Apple or iOS
     would punish (a VoIP push that is not an incoming call, a background push at priority
-    10, ...)."""
+    10, ...) or a query firestore.indexes.json has no index for."""
+    query_index_gaps.clear()
     emulators.wipe()
     uploads = Path(settings.RECORDING_UPLOADS_DIR)
     shutil.rmtree(uploads, ignore_errors=True)
@@ -123,6 +133,8 @@ def stack(emulators, securetoken, apns, fcm):
     yield
     recorder_client._http.cache_clear()
     assert not apns.violations, "pushes Apple/iOS would punish:\n" + "\n".join(apns.violations)
+    assert not query_index_gaps, ("queries without their index in firestore.indexes.json:\n"
+                                  + "\n".join(sorted(set(query_index_gaps))))
 
 
 @pytest.fixture(autouse=True)

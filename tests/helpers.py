@@ -4,6 +4,7 @@ server stored, the error shape, and plain HTTP against a server a test started."
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -11,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from google.cloud import firestore
 
 from core.clock import utc_now
 from devstack.emulators import free_port
@@ -49,6 +52,30 @@ def age(call_id: str, seconds: int, *fields: str) -> None:
         {f: doc[f] - timedelta(seconds=seconds) for f in ("createdAt", *fields)})
     db.collection("channels").document(doc["channelName"]).update(
         {"createdAt": doc["createdAt"] - timedelta(seconds=seconds)})
+
+
+@contextlib.contextmanager
+def held(path: str):
+    """Another writer inside a transaction on the document at `path` (it has read it and
+    means to write it) for as long as the block runs: the server's transactions on that
+    document wait for it and are aborted. It commits (changing nothing) on the way out."""
+    ref = firestore_client().document(path)
+    holding, release = threading.Event(), threading.Event()
+
+    @firestore.transactional
+    def hold(transaction):
+        transaction.update(ref, {"updatedAt": ref.get(transaction=transaction).get("updatedAt")})
+        holding.set()
+        release.wait()
+
+    holder = threading.Thread(target=hold, args=(firestore_client().transaction(),))
+    holder.start()
+    assert holding.wait(timeout=30), "the other writer never got into its transaction"
+    try:
+        yield ref
+    finally:
+        release.set()
+        holder.join(timeout=60)
 
 
 def error_of(response, status: int, code: str) -> dict:
@@ -194,3 +221,109 @@ def event(event_type: int, channel: str, uid: int | None = None, *, seq: int = 0
     return json.dumps({"noticeId": notice or secrets.token_hex(8), "productId": 1,
                        "eventType": event_type, "notifyMs": int(utc_now().timestamp() * 1000),
                        "payload": payload}).encode()
+
+
+# --- every query the server sends has its index in firestore.indexes.json ---------------
+# The emulator runs any query; production Firestore refuses one that needs a composite
+# index nobody deployed (FAILED_PRECONDITION "The query requires an index"). These helpers
+# judge a query as production would, by the index file.
+
+_EQUALITY = {"EQUAL": "eq", "IN": "eq", "ARRAY_CONTAINS": "contains",
+             "ARRAY_CONTAINS_ANY": "contains"}
+_UNARY_EQUALITY = {"IS_NULL", "IS_NAN"}
+_DIRECTIONS = {1: "ASCENDING", 2: "DESCENDING"}
+
+
+def _disjuncts(where) -> list[list[tuple[str, str]]]:
+    """The filter as OR of ANDs of (field, operator name): Firestore runs each AND apart."""
+    from google.cloud.firestore_v1.types import StructuredQuery
+
+    kind = where.WhichOneof("filter_type")
+    if kind is None:
+        return [[]]
+    if kind == "field_filter":
+        op = StructuredQuery.FieldFilter.Operator(where.field_filter.op).name
+        return [[(where.field_filter.field.field_path, op)]]
+    if kind == "unary_filter":
+        op = StructuredQuery.UnaryFilter.Operator(where.unary_filter.op).name
+        return [[(where.unary_filter.field.field_path, op)]]
+    parts = [_disjuncts(child) for child in where.composite_filter.filters]
+    if StructuredQuery.CompositeFilter.Operator(where.composite_filter.op).name == "OR":
+        return [conjunct for part in parts for conjunct in part]
+    combined: list[list[tuple[str, str]]] = [[]]
+    for part in parts:
+        combined = [left + right for left in combined for right in part]
+    return combined
+
+
+def _index_serves(index: dict, equal: dict[str, str], orders: list[tuple[str, str]],
+                  field: str | None) -> bool:
+    fields = [f for f in index["fields"] if f["fieldPath"] != "__name__"]
+    head, tail = fields[:len(fields) - len(orders)], fields[len(fields) - len(orders):]
+    if [(f["fieldPath"], f.get("order")) for f in tail] != orders:
+        return False
+    for f in head:
+        kind = "contains" if f.get("arrayConfig") == "CONTAINS" else "eq"
+        if equal.get(f["fieldPath"]) != kind:
+            return False
+    return field is None or field in {f["fieldPath"] for f in head}
+
+
+def index_gaps(structured_query, indexes: list[dict] | None = None) -> list[str]:
+    """What a StructuredQuery (protobuf) needs that `indexes` (firestore.indexes.json's)
+    lacks, one line per missing index; [] when Firestore can serve it. Equality filters
+    are served by merging indexes that end in the query's sort order."""
+    if indexes is None:
+        indexes = json.loads((Path(settings.BASE_DIR) / "firestore.indexes.json")
+                             .read_text())["indexes"]
+    [source] = structured_query.from_
+    scope = "COLLECTION_GROUP" if source.all_descendants else "COLLECTION"
+    candidates = [i for i in indexes if i["collectionGroup"] == source.collection_id
+                  and i.get("queryScope", "COLLECTION") == scope]
+    explicit = [(o.field.field_path, _DIRECTIONS[o.direction])
+                for o in structured_query.order_by if o.field.field_path != "__name__"]
+    gaps = []
+    for conjunct in _disjuncts(structured_query.where):
+        equal = {f: _EQUALITY[op] for f, op in conjunct if op in _EQUALITY}
+        equal.update({f: "eq" for f, op in conjunct if op in _UNARY_EQUALITY})
+        ranged = sorted({f for f, op in conjunct if f not in equal})
+        orders = [(f, "ASCENDING") for f in ranged if f not in dict(explicit)] + [
+            (f, d) for f, d in explicit if f not in equal]
+        if not ((equal and orders) or len(orders) >= 2):
+            continue  # single-field indexes (automatic) serve it
+        for field in (sorted(equal) or [None]):
+            if not any(_index_serves(i, equal, orders, field) for i in candidates):
+                gaps.append(f"{source.collection_id}: {sorted(equal.items())} then {orders}")
+                break
+    return gaps
+
+
+@contextlib.contextmanager
+def queries_checked_against_the_index_file():
+    """While the block runs, every query this process sends to Firestore is judged by
+    `index_gaps`; yields the list the gaps are added to."""
+    from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
+
+    gaps: list[str] = []
+    originals = {name: getattr(FirestoreClient, name)
+                 for name in ("run_query", "run_aggregation_query")}
+
+    def checking(name):
+        def send(self, request=None, **kwargs):
+            if not isinstance(request, dict):
+                request = {"structured_query": getattr(request, "structured_query", None),
+                           "structured_aggregation_query": getattr(
+                               request, "structured_aggregation_query", None)}
+            query = (request["structured_query"] if name == "run_query" else
+                     request["structured_aggregation_query"].structured_query)
+            gaps.extend(index_gaps(type(query).pb(query)))
+            return originals[name](self, request=request, **kwargs)
+        return send
+
+    for name in originals:
+        setattr(FirestoreClient, name, checking(name))
+    try:
+        yield gaps
+    finally:
+        for name, original in originals.items():
+            setattr(FirestoreClient, name, original)

@@ -9,6 +9,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 PAIRS = 25
+# What Google's emulator logs when a transaction waited for a lock until its 2 s timeout.
+LOCK_TIMEOUT = "Operation failed: Transaction lock timeout"
+
+
+def _lock_timeouts(emulators) -> int:
+    return (emulators.log_dir / "firestore-emulator.log").read_text(
+        errors="replace").count(LOCK_TIMEOUT)
 
 
 def _request(base: str, token: str, method: str, path: str, body: dict | None = None):
@@ -22,7 +29,8 @@ def _request(base: str, token: str, method: str, path: str, body: dict | None = 
         return exc.code, json.load(exc)
 
 
-def test_cancel_racing_accept_has_exactly_one_winner_every_time(start_server, securetoken):
+def test_cancel_racing_accept_has_exactly_one_winner_every_time(start_server, securetoken,
+                                                                emulators):
     base = start_server(GUNICORN_WORKERS="2")
     callers = [securetoken.mint(f"caller{i}") for i in range(PAIRS)]
     receivers = [securetoken.mint(f"receiver{i}") for i in range(PAIRS)]
@@ -34,6 +42,7 @@ def test_cancel_racing_accept_has_exactly_one_winner_every_time(start_server, se
         call_ids.append(body["callId"])
 
     barriers = [threading.Barrier(2) for _ in range(PAIRS)]
+    lock_timeouts_before = _lock_timeouts(emulators)
 
     def accept(i):
         barriers[i].wait(timeout=30)
@@ -62,6 +71,9 @@ def test_cancel_racing_accept_has_exactly_one_winner_every_time(start_server, se
         seen_by_receiver = _request(base, receivers[i], "GET", f"/api/call/status/{call_ids[i]}")
         assert seen_by_caller[1]["status"] == seen_by_receiver[1]["status"] == final
     assert sum(winners.values()) == PAIRS
+    # Neither side waited on the other's lock (with transactions both did, until the
+    # emulator's lock timeout aborted one: the loser's 409 came after 2-4 s).
+    assert _lock_timeouts(emulators) == lock_timeouts_before
 
 
 def test_two_callers_racing_for_one_receiver_only_one_rings(start_server, securetoken):

@@ -13,7 +13,6 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from api.console.session import limiter
 from integrations.firebase import firestore_client, storage_bucket
 from tests import test_library
 from tests.helpers import document, error_of, invite, stored, upload
@@ -22,11 +21,6 @@ media = test_library.media  # the library tests' audio files (3 s tones)
 
 CHROMIUM = "/usr/bin/chromium"
 WAIT_MS = 15_000  # every browser wait is bounded
-
-
-@pytest.fixture(autouse=True)
-def _fresh_limiter():
-    limiter.clear()
 
 
 def _signed_in(client: Client) -> Client:
@@ -60,8 +54,26 @@ def test_sign_in_sets_a_strict_http_only_secure_cookie_and_sign_out_ends_it():
     assert client.get("/ops/now.json").status_code == 200
     entry, = _entries("console_sign_in")
     assert (entry["uid"], entry["detail"]) == ("ops", {"via": "ops"})
+    copied = client.cookies[settings.SESSION_COOKIE_NAME].value
     client.post("/ops/sign-out")
     assert client.get("/ops/now.json").status_code == 401
+    thief = Client()  # a copy of the cookie taken before the sign-out no longer works
+    thief.cookies[settings.SESSION_COOKIE_NAME] = copied
+    error_of(thief.get("/ops/now.json"), 401, "unauthenticated")
+
+
+def test_a_session_is_kept_in_firestore_under_a_hash_of_its_key_and_expires():
+    import hashlib
+
+    from core.clock import utc_now
+    client = _signed_in(Client())
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    sessions = firestore_client().collection("consoleSessions")
+    snapshot = sessions.document(hashlib.sha256(key.encode()).hexdigest()).get()
+    assert snapshot.exists and key not in json.dumps(snapshot.to_dict(), default=str)
+    assert snapshot.get("expireAt") > utc_now()
+    snapshot.reference.update({"expireAt": utc_now()})  # as a TTL policy would find it
+    error_of(client.get("/ops/now.json"), 401, "unauthenticated")
 
 
 def test_a_wrong_key_or_a_non_admin_token_is_refused(bearer):
@@ -83,6 +95,29 @@ def test_failed_sign_ins_are_rate_limited_even_for_the_right_key():
     blocked = client.post("/ops/sign-in", {"credential": settings.OPS_API_KEY})
     assert blocked.status_code == 429
     assert client.get("/ops/now.json").status_code == 401
+
+
+def test_failed_sign_ins_count_in_every_process(start_server):
+    """Failures counted here (the test's process) refuse the right key in a gunicorn."""
+    import http.cookiejar
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    for _ in range(settings.CONSOLE_SIGNIN_MAX_FAILURES):
+        assert Client().post("/ops/sign-in", {"credential": "guess"}).status_code == 401
+    base = start_server(CONSOLE_COOKIE_SECURE="0")  # urllib keeps Secure cookies off http
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(f"{base}/ops/sign-in", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    body = urllib.parse.urlencode({"credential": settings.OPS_API_KEY,
+                                   "csrfmiddlewaretoken": token}).encode()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        opener.open(urllib.request.Request(f"{base}/ops/sign-in", data=body,
+                                           headers={"Referer": f"{base}/ops/sign-in"}),
+                    timeout=10)
+    assert refused.value.code == 429
 
 
 def test_a_form_post_without_the_csrf_token_is_refused(as_user):
@@ -116,6 +151,18 @@ def test_every_page_renders_for_a_signed_in_admin(as_user):
     assert client.get("/static/console/console.js").status_code == 200
     csp = client.get("/ops/")["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+
+
+@pytest.mark.parametrize("path, field", [
+    ("/ops/calls?date_from=2024-13-45", "date_from"),
+    ("/ops/calls?date_to=9999-12-31", "date_to"),  # the day after it does not exist
+    ("/ops/recordings?date_to=9999-12-31T23:59:59", "date_to"),
+    ("/ops/audit?before=yesterday", "before"),
+])
+def test_bad_filters_are_a_400_page_naming_the_field(path, field):
+    response = _signed_in(Client()).get(path)
+    assert response.status_code == 400, response.content[:300]
+    assert f"{field}: " in response.content.decode()
 
 
 def test_the_console_shows_retention_and_runs_the_sweep(settings, client, bearer, as_user,

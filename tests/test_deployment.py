@@ -1,14 +1,12 @@
 """Deployment files: nginx.conf works for real in front of a backend; Dockerfile and compose agree.
 
-nginx runs on a temporary copy of nginx.conf where only what needs a container or root changes:
-the upstreams `api:8000` and `events:8002` (resolved at config-test time) become local backends,
-`listen 80`
-becomes a free loopback port, and pid/temp paths go into a temporary prefix directory.
+nginx runs on a temporary copy of nginx.conf where only what needs a container or root changes
+(devstack/nginx.py): the upstreams `api:8000` and `events:8002` become the local echo backend,
+gunicorn or the event-stream server, `listen 80` becomes a free loopback port, and pid/temp
+paths go into a temporary prefix directory.
 """
-import contextlib
 import http.client
 import json
-import os
 import re
 import shutil
 import socket
@@ -21,45 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from devstack.nginx import nginx_cmd, nginx_in_front_of, write_config
+from devstack.slow_clients import SlowClients
+
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 10
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
-    if not found:
-        pytest.fail("nginx is not installed: `apt-get install nginx-light` (or `nginx`); "
-                    "`make test` installs it")
-    return found
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_test_config(prefix: Path, upstream_port: int, listen_port: int,
-                      events_port: int | None = None) -> Path:
-    text = (REPO / "nginx.conf").read_text()
-    temp_paths = "".join(f"    {kind}_temp_path {prefix}/{kind};\n"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    for pattern, new in ((r"server api:8000;", f"server 127.0.0.1:{upstream_port};"),
-                         (r"server events:8002;",
-                          f"server 127.0.0.1:{events_port or upstream_port};"),
-                         (r"listen 80 default_server;", f"listen 127.0.0.1:{listen_port} default_server;"),
-                         (r"(?m)^http \{\n", "http {\n" + temp_paths)):
-        text, count = re.subn(pattern, lambda _m, new=new: new, text)
-        assert count == 1, f"nginx.conf no longer has exactly one {pattern!r}; update this test"
-    path = prefix / "nginx.conf"
-    path.write_text(text)
-    return path
-
-
-def nginx_cmd(prefix: Path, conf: Path, *extra: str, globals_: str = "") -> list:
-    return [nginx_binary(), "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr",
-            "-g", f"pid {prefix}/nginx.pid;{globals_}", *extra]
 
 
 @pytest.fixture
@@ -92,37 +62,6 @@ class EchoHandler(BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def nginx_in_front_of(prefix: Path, upstream_port: int, events_port: int | None = None):
-    """nginx with the project's config on a loopback port, in front of `upstream_port` (and
-    of `events_port` for the event streams; `upstream_port` when None)."""
-    port, proc = free_port(), None
-    access_log, error_log = prefix / "stdout.log", prefix / "stderr.log"
-    try:
-        conf = write_test_config(prefix, upstream_port, port, events_port)
-        with open(access_log, "wb") as out, open(error_log, "wb") as err:
-            proc = subprocess.Popen(nginx_cmd(prefix, conf, globals_=" daemon off;"),
-                                    stdout=out, stderr=err)
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            assert proc.poll() is None, f"nginx exited: {error_log.read_text()}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"nginx not listening: {error_log.read_text()}"
-                time.sleep(0.05)
-        yield {"port": port, "access_log": access_log, "error_log": error_log}
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=DEADLINE_S)
-
-
 @pytest.fixture
 def proxy(prefix):
     """nginx in front of the echo backend."""
@@ -138,11 +77,14 @@ def proxy(prefix):
 
 
 @pytest.fixture
-def gateway(prefix, start_server):
+def gateway(prefix, start_server, tmp_path):
     """nginx in front of the real gunicorn (2 workers x 8 threads), as in production."""
     base = start_server(GUNICORN_WORKERS="2")
-    with nginx_in_front_of(prefix, int(base.rsplit(":", 1)[1])) as running:
-        yield running
+    upstream_port = int(base.rsplit(":", 1)[1])
+    gunicorn_log = tmp_path / f"gunicorn-{upstream_port}.log"  # where start_server logs
+    assert gunicorn_log.exists(), sorted(tmp_path.iterdir())
+    with nginx_in_front_of(prefix, upstream_port) as running:
+        yield {**running, "gunicorn_log": gunicorn_log}
 
 
 def test_analysis_event_streams_go_to_the_event_server_and_pass_unbuffered(
@@ -182,8 +124,9 @@ def test_analysis_event_streams_go_to_the_event_server_and_pass_unbuffered(
         backend.server_close()
 
 
-def call(port, method, path, headers=None, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S)
+def call(port, method, path, headers=None, body=None, *, source="127.0.0.1"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S,
+                                      source_address=(source, 0))
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -193,7 +136,7 @@ def call(port, method, path, headers=None, body=None):
 
 
 def test_nginx_accepts_the_production_config(prefix):
-    conf = write_test_config(prefix, free_port(), free_port())
+    conf = write_config(prefix, free_port(), free_port())
     result = subprocess.run(nginx_cmd(prefix, conf, "-t"), capture_output=True, text=True,
                             timeout=DEADLINE_S)
     output = result.stdout + result.stderr
@@ -234,6 +177,34 @@ def test_invite_burst_from_one_client_is_refused_with_json_429_but_others_pass(p
     assert json.loads(body)["error"]["code"] == "rate_limited"
     other = {"CF-Connecting-IP": "198.51.100.2", "Content-Type": "application/json"}
     assert call(proxy["port"], "POST", "/api/call/invite", other, b"{}")[0] == 200
+
+
+def test_token_burst_from_one_client_is_refused_with_json_429_but_others_pass(proxy):
+    noisy = {"CF-Connecting-IP": "198.51.100.3", "Content-Type": "application/json"}
+    statuses = []
+    for _ in range(200):  # 10r/s with burst 20: the first 21 pass, then a 429 comes
+        status, resp, body = call(proxy["port"], "POST", "/api/token", noisy, b"{}")
+        statuses.append(status)
+        if status == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {200}, statuses
+    assert len(statuses) > 21, statuses  # the burst of 20 is allowed
+    assert resp.getheader("Content-Type").startswith("application/json")
+    assert resp.getheader("Retry-After") == "1"
+    assert json.loads(body) == {"success": False, "error": {
+        "code": "rate_limited", "message": "Too many requests; retry shortly."}}
+    other = {"CF-Connecting-IP": "198.51.100.4", "Content-Type": "application/json"}
+    assert call(proxy["port"], "POST", "/api/token", other, b"{}")[0] == 200
+
+
+def test_an_api_that_is_down_is_a_json_502_not_nginxs_html_page(prefix):
+    with nginx_in_front_of(prefix, free_port()) as down:  # nothing listens upstream
+        status, resp, body = call(down["port"], "GET", "/api/recording/list",
+                                  {"X-Request-ID": "req-down"})
+    assert status == 502  # nginx keeps its status; the body is the API's error shape
+    assert resp.getheader("Content-Type").startswith("application/json")
+    assert (resp.getheader("Retry-After"), resp.getheader("X-Request-ID")) == ("5", "req-down")
+    assert json.loads(body)["error"]["code"] == "upstream_unavailable"
 
 
 def test_body_over_200_mb_is_refused_with_json_413_before_it_is_sent(proxy):
@@ -281,6 +252,12 @@ def test_compose_runs_api_recorder_and_nginx_behind_loopback_only():
     assert re.search(r'(?m)^  events:\s*$', compose)
     assert 'command: ["python", "-m", "config.events"]' in compose
     assert "shm_size" in compose
+    # gunicorn is never exposed without nginx: nginx is the only service that publishes a port.
+    services = re.split(r"(?m)^\S", compose.split("\nservices:\n", 1)[1], maxsplit=1)[0]
+    blocks = dict(re.findall(r"(?ms)^  ([\w-]+):[ \t]*\n(.*?)(?=^  [\w-]+:[ \t]*$|\Z)", services))
+    assert "api" in blocks and "nginx" in blocks, list(blocks)
+    assert [name for name, text in blocks.items() if "ports:" in text] == ["nginx"], list(blocks)
+    assert compose.count("ports:") == 1  # none in a shared anchor either
 
 
 # --- nginx absorbs bad and slow clients in front of the real gunicorn ---------------------
@@ -356,57 +333,66 @@ def test_a_client_that_sends_a_whole_8_mb_json_body_first_still_hears_the_413(ga
         conn.close()
 
 
-def test_200_slow_clients_for_30_s_leave_normal_requests_served(gateway):
-    """Slowloris: 200 connections dribble their headers and 20 their bodies, a byte a
-    second, for 30 s. A normal client keeps being served (gunicorn never sees a request
-    before nginx has all of it), and nginx drops the slow headers at client_header_timeout.
-    A body that keeps trickling stays with nginx (client_body_timeout is between reads),
-    never with gunicorn; limit_conn bounds how many one client may hold."""
-    port, closed = gateway["port"], set()
-    slow_headers = [socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
-                    for _ in range(200)]
-    for sock in slow_headers:
-        sock.sendall(b"GET /api/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-    slow_bodies = []
-    for i in range(20):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
-        sock.sendall(b"POST /api/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                     b"application/json\r\nCF-Connecting-IP: 203.0.113.%d\r\n"
-                     b"Content-Length: 1000\r\n\r\n{" % i)
-        slow_bodies.append(sock)
-    everyone = slow_headers + slow_bodies
-    for sock in everyone:
-        sock.setblocking(False)
-    served, began = [], time.monotonic()
+# The normal client of the slowloris test: another loopback address than the attackers', so
+# another key for `limit_conn ... $binary_remote_addr` (nginx is the only server here; it
+# listens on 127.0.0.1, the client socket binds 127.0.0.2, all of 127/8 is loopback).
+NORMAL_CLIENT = "127.0.0.2"
+SLOW_HEADERS, SLOW_BODIES, PER_CLIENT = 140, 60, 50  # PER_CLIENT: nginx.conf's limit_conn
+ATTACK_S = 30  # > client_header_timeout (15 s) and client_body_timeout (20 s) in nginx.conf
+
+
+def test_200_slow_clients_for_30_s_are_held_and_dropped_by_nginx_never_by_gunicorn(
+        gateway, bearer):
+    """Slowloris through nginx.conf in front of the real gunicorn (2 x 8 threads). From one
+    address, 140 connections send their headers one byte a second and 60 declare a body
+    they never send, for 30 s. A normal client on another address keeps being served
+    (liveness and an authenticated request), also while every slow connection is held.
+    nginx refuses what is over `limit_conn` (50 per client address) with its JSON 429
+    and times the rest out itself (client_header_timeout, client_body_timeout: a 408 in its
+    access log and the connection closed); gunicorn never sees any of them."""
+    port, user = gateway["port"], bearer("alice")
+    slow = SlowClients(port, headers=SLOW_HEADERS, bodies=SLOW_BODIES).open()
+    served = []  # (liveness status, authenticated status, slow connections held meanwhile)
     try:
-        while time.monotonic() - began < 30:
-            for i, sock in enumerate(everyone):
-                if i in closed:
-                    continue
-                try:
-                    if sock.recv(65536) == b"":
-                        closed.add(i)
-                        continue
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    closed.add(i)
-                    continue
-                try:
-                    sock.send(b"a")
-                except OSError:
-                    closed.add(i)
+        began = time.monotonic()
+        while time.monotonic() - began < ATTACK_S:
             started = time.monotonic()
-            status, _, _ = raw(port, b"GET /api/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                     b"Connection: close\r\n\r\n")
-            served.append(status)
+            slow.tick()
+            held = sum(1 for c in slow.still_open() if not c.answer)
+            live = call(port, "GET", "/api/health/live", source=NORMAL_CLIENT)
+            mine = call(port, "GET", "/api/users/alice/has-recording",
+                        {**user, "X-Request-ID": f"normal-{len(served)}"}, source=NORMAL_CLIENT)
+            served.append((live[0], mine[0], held))
+            assert json.loads(mine[2])["hasRecording"] is False, mine[2]
             time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        slow.tick()
     finally:
-        for sock in everyone:
-            sock.close()
-    assert len(served) >= 20 and set(served) == {200}, served
-    # nginx closed every one of them (client_header_timeout), none reached gunicorn
-    assert closed >= set(range(200)), f"{200 - len(closed & set(range(200)))} slow headers left"
+        slow.close()
+
+    assert served and all(s[:2] == (200, 200) for s in served), served
+
+    bodies = [c for c in slow.connections if c.kind == "body"]
+    refused = [c for c in bodies if c.answer.startswith(b"HTTP/1.1 429 ")]
+    assert len(refused) == SLOW_BODIES - PER_CLIENT, [c.answer[:40] for c in bodies]
+    for c in refused:
+        head, _, body = c.answer.partition(b"\r\n\r\n")
+        assert b"Content-Type: application/json" in head, head
+        assert json.loads(body)["error"]["code"] == "rate_limited", body
+    timed_out = [c for c in slow.connections if c not in refused]
+    assert not [c.request_id for c in timed_out if c.open], "nginx left slow connections open"
+    assert all(c.answer == b"" or c.answer.startswith(b"HTTP/1.1 408 ")
+               for c in timed_out), {c.request_id: c.answer[:60] for c in timed_out if c.answer}
+
+    logged = [json.loads(line) for line in gateway["access_log"].read_text().splitlines()]
+    nginx_408 = {e["request_id"] for e in logged if e["status"] == 408}
+    assert {c.request_id for c in timed_out} <= nginx_408, sorted(
+        {c.request_id for c in timed_out} - nginx_408)[:10]
+    gunicorn_log = gateway["gunicorn_log"].read_text()
+    assert f"normal-{len(served) - 1}" in gunicorn_log  # the app logs each request's id ...
+    assert "slowloris" not in gunicorn_log  # ... and no slow request ever reached it
+    # The normal client was also served while every admitted slow connection was held.
+    full_strength = SLOW_HEADERS + PER_CLIENT
+    assert any(s[2] == full_strength for s in served), (full_strength, served)
 
 
 def test_one_client_holds_at_most_50_connections(gateway):

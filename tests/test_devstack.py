@@ -3,15 +3,22 @@ leaves no process and no listening port behind."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+import wave
+
+import pytest
 
 from devstack.emulators import free_port, port_free
 
@@ -42,7 +49,8 @@ def _post(url: str, body: dict) -> dict:
         return json.load(response)
 
 
-def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
+def _stack_env(tmp_path) -> tuple[dict, dict]:
+    """(ports, environment) for `python -m devstack` on free ports, with no .env values."""
     ports = {"FIRESTORE_PORT": free_port(), "STORAGE_PORT": free_port(), "API": free_port(),
              "RECORDER_PORT": free_port(), "ANALYZER_PORT": free_port(), "EVENTS": free_port()}
     env = {k: v for k, v in os.environ.items()
@@ -54,6 +62,11 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
                RECORDER_PORT=str(ports["RECORDER_PORT"]),
                ANALYZER_PORT=str(ports["ANALYZER_PORT"]),
                RECORDINGS_DIR=str(tmp_path / "recordings"))
+    return ports, env
+
+
+def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
+    ports, env = _stack_env(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "devstack"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     output = []
@@ -105,6 +118,56 @@ def test_run_starts_everything_and_sigint_stops_everything(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
+
+
+def test_demo_stores_a_16_khz_mono_wav_and_stops(tmp_path):
+    ports, env = _stack_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "devstack", "demo"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put("")],
+                     daemon=True).start()
+    output = []
+    try:
+        deadline = time.monotonic() + 420  # emulators, Chromium, the analyzer, a 5 s call
+        url = None
+        while url is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if not line:
+                break
+            output.append(line)
+            if "stored WAV: " in line:
+                url = line.split("stored WAV: ", 1)[1].strip()
+        assert url and url.startswith("http"), "".join(output)
+        # The demo stops its stack (and Storage with it) once it has printed the URL: hold
+        # it still while the WAV is fetched, then let it finish.
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                stored = response.read()
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert proc.wait(timeout=120) == 0
+        while (line := lines.get(timeout=30)) != "":
+            output.append(line)
+        rest = "".join(output)
+        with wave.open(io.BytesIO(stored)) as wav:
+            assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+            frames = wav.getnframes()
+        printed_ms = int(re.search(r"duration (\d+) ms", rest).group(1))
+        assert frames > 0 and frames / 16 == pytest.approx(printed_ms, abs=1)
+        assert "stopped" in rest
+        for port in ports.values():
+            assert not _listening(port), f"port {port} still listening"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
+            proc.wait(timeout=30)
 
 
 def _time_wait_on_a_port() -> int:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 from datetime import timedelta
 
+from google.cloud import firestore
+
 from core.clock import utc_now
+from integrations.firebase import firestore_client
 from recordings import store
 from recordings.documents import recording_document
 from tests.conftest import post_json
-from tests.helpers import INVITE, document, error_of, invite, upload
+from tests.helpers import INVITE, document, error_of, held, index_gaps, invite, stored, upload
 
 
 def _stored_recording(recording_id: str, *, minutes_ago: int, participants=("alice", "bob")):
@@ -83,3 +86,57 @@ def test_an_upload_keeps_the_apps_duration_and_serves_its_original(as_user, clie
     assert original.status_code == 200
     assert original["Content-Type"] == "audio/mpeg"
     assert b"".join(original.streaming_content) == sent.read_bytes()
+
+
+def test_a_call_another_writer_holds_through_every_retry_is_503_contention(as_user):
+    call = invite(as_user)
+    accept = {"call_id": call["callId"], "action": "accept"}
+    with held(f"calls/{call['callId']}"):
+        response = as_user("bob").post("/api/call/answer", accept)
+        error_of(response, 503, "contention")
+        assert stored(call["callId"])["status"] == "pending"  # nothing half-done
+    # The writer is gone: the same request now goes through.
+    assert as_user("bob").post("/api/call/answer", accept).json()["status"] == "accepted"
+
+
+def test_a_query_the_index_file_cannot_serve_fails_the_test_that_sends_it(as_user,
+                                                                        query_index_gaps):
+    calls = firestore_client().collection("calls")
+    by_group = firestore.FieldFilter("groupId", "==", "group1")
+    list(calls.where(filter=by_group).order_by("updatedAt").stream())
+    assert query_index_gaps == ["calls: [('groupId', 'eq')] then [('updatedAt', 'ASCENDING')]"]
+    query_index_gaps.clear()  # (this test's own query; the fixture would fail the test)
+    invite(as_user)
+    assert as_user("alice").get("/api/recording/list").status_code == 200
+    assert as_user("alice").get("/api/users/bob/has-recording").status_code == 200
+    assert query_index_gaps == []
+
+
+def _query(collection: str, *filters, order=()):
+    query = firestore_client().collection(collection)
+    for f in filters:
+        query = query.where(filter=f)
+    for field, direction in order:
+        query = query.order_by(field, direction=direction)
+    return query._to_protobuf()._pb
+
+
+def test_the_index_check_reads_or_merges_and_directions_as_firestore_does():
+    eq, desc = firestore.FieldFilter, firestore.Query.DESCENDING
+    indexes = [{"collectionGroup": "c", "queryScope": "COLLECTION", "fields": [
+        {"fieldPath": a, "order": "ASCENDING"}, {"fieldPath": "at", "order": "DESCENDING"}]}
+        for a in ("a", "b")]
+    assert index_gaps(_query("c", eq("a", "==", 1), order=[("at", desc)]), indexes) == []
+    # Two equalities: the (a, at) and (b, at) indexes merge.
+    assert index_gaps(_query("c", eq("a", "==", 1), eq("b", "==", 2), order=[("at", desc)]),
+                      indexes) == []
+    # Each side of an OR needs its own index; the order's direction matters.
+    assert index_gaps(_query("c", firestore.Or([eq("a", "==", 1), eq("d", "==", 2)]),
+                             order=[("at", desc)]), indexes) == [
+        "c: [('d', 'eq')] then [('at', 'DESCENDING')]"]
+    assert index_gaps(_query("c", eq("a", "==", 1), order=[("at", firestore.Query.ASCENDING)]),
+                      indexes) == ["c: [('a', 'eq')] then [('at', 'ASCENDING')]"]
+    # A range and an order on another field; one field alone is always served.
+    assert index_gaps(_query("c", eq("x", "<", 1), order=[("at", desc)]), indexes) == [
+        "c: [] then [('x', 'ASCENDING'), ('at', 'DESCENDING')]"]
+    assert index_gaps(_query("c", eq("x", "<", 1)), []) == []

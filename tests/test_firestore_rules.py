@@ -115,3 +115,15 @@ def test_a_jobs_participants_read_it_and_nobody_writes_it():
     assert app_firestore("alice", "PATCH", "analysisJobs/j1", {"status": "completed"}) == 403
     assert app_firestore("alice", "PATCH", "analysisJobs/j2", {"status": "queued"}) == 403
     assert app_firestore("alice", "GET", "analysisJobs/j1/deliveries/m1") == 403
+
+
+def test_no_app_reads_or_writes_the_servers_own_collections():
+    """Console sessions, sign-in failures, the access log, channels, recorder nodes."""
+    server_only = ("consoleSessions/s1", "consoleSignInFailures/f1", "auditLog/a1",
+                   "channels/ch1", "recorderNodes/n1", "recordingSessions/c1")
+    for path in server_only:
+        collection, doc_id = path.split("/")
+        firestore_client().collection(collection).document(doc_id).set({"uid": "alice"})
+    for path in server_only:
+        assert app_firestore("alice", "GET", path) == 403, path
+        assert app_firestore("alice", "PATCH", path, {"uid": "alice"}) == 403, path

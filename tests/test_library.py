@@ -230,13 +230,22 @@ def test_storage_down_keeps_the_upload_and_a_retry_completes_it(start_server, se
     assert document(recording_id)["status"] == "failed"
     assert leftovers() == [f"{recording_id}.ogg"]  # the original waits on disk
 
+    # A retry while Storage is still down: accepted, failed again, the original still kept.
+    early = requests.post(f"{base}/api/recordings/{recording_id}/retry-upload", json={},
+                          headers=headers, timeout=60)
+    assert early.status_code == 202, early.text
+    assert (early.json()["status"], early.json()["error"]) == ("failed", "storage_unavailable")
+    assert (document(recording_id)["status"], document(recording_id)["retryCount"]) == (
+        "failed", 1)
+    assert leftovers() == [f"{recording_id}.ogg"]
+
     # Storage is back (this process's client uses the live emulator).
     retried = as_user("bob").post(f"/api/recordings/{recording_id}/retry-upload", {})
     assert retried.status_code == 200, retried.content
     assert retried.json()["status"] == "completed"
     recording = document(recording_id)
     assert (recording["status"], recording["retryCount"], recording["error"]) == (
-        "completed", 1, None)
+        "completed", 2, None)
     assert objects()[recording["originalPath"]] == media["ogg"].stat().st_size
     assert leftovers() == []
     again = as_user("bob").post(f"/api/recordings/{recording_id}/retry-upload", {})
@@ -279,22 +288,23 @@ def test_a_retry_with_nothing_to_retry_from_says_so(client, alice, call, media, 
     error_of(response, 409, "source_missing")
 
 
+@pytest.mark.parametrize("stage", ["pending", "uploading"])
 def test_the_sweep_fails_interrupted_uploads_and_retries_them(client, alice, as_user, call,
-                                                              media):
+                                                              media, stage):
     recording_id = upload(client, alice, call["callId"], media["webm"]).json()["recordingId"]
     an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     firestore_client().collection("recordings").document(recording_id).update(
-        {"status": "uploading", "updatedAt": an_hour_ago.replace("+00:00", "Z")})
+        {"status": stage, "updatedAt": an_hour_ago.replace("+00:00", "Z")})
     fresh = upload(client, alice, next_call(as_user, call), media["ogg"]).json()
     firestore_client().collection("recordings").document(fresh["recordingId"]).update(
-        {"status": "uploading"})  # in progress right now: left alone
+        {"status": stage})  # in progress right now: left alone
 
     report = sweep_run(timeout_seconds=60).parts["uploads"]
 
     assert report == {"interrupted": 1, "retried": 1, "completed": 1, "abandonedFilesRemoved": 0}
     recording = document(recording_id)
     assert (recording["status"], recording["retryCount"]) == ("completed", 1)
-    assert document(fresh["recordingId"])["status"] == "uploading"
+    assert document(fresh["recordingId"])["status"] == stage
 
 
 def next_call(as_user, previous: dict) -> str:
@@ -656,6 +666,7 @@ def test_the_admin_listing_pages_newest_first_with_the_total(client, library):
     ("date_from=2026-01-01&date_to=2026-01-31", ["january"]),
     ("date_to=2026-01-15", ["january"]),              # inclusive
     ("date_from=2026-01-16&user_id=dave", []),
+    ("date_from=2026-01-01&group_id=group2&source=upload&format=wav", ["january"]),
     ("date_from=2026-01-15T09:59:00Z&date_to=2026-01-15T10:00:00Z", ["january"]),
     ("date_from=2026-01-15T10:00:01%2B00:00", ["second", "first"]),
 ])

@@ -18,7 +18,7 @@ from integrations.firebase import firestore_client
 from push import devices as push_devices
 from push import services as push_services
 from tests.conftest import APNS_BUNDLE, api_log_lines, post_json
-from tests.helpers import INVITE, age, invite, stored
+from tests.helpers import INVITE, age, http_json, invite, stored
 
 VOIP_TOKEN = "ab" * 32
 APNS_TOKEN = "ac" * 32
@@ -450,6 +450,18 @@ def test_apns_answering_500_twice_leaves_the_call_standing(as_user, apns):
     assert stored(call["callId"])["status"] == "pending"
 
 
+@pytest.mark.parametrize("answers, seen, sent, error", [
+    ([429], [429, 200], True, None),
+    ([429, 429, 429], [429, 429], False, "too_many_requests")])
+def test_apns_429_is_retried_once(as_user, apns, answers, seen, sent, error):
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    apns.fail_with[VOIP_TOKEN] = list(answers)
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushError"]) == (sent, error)
+    assert [r.status for r in to(apns, VOIP_TOKEN)] == seen  # one retry, not more
+    assert stored(call["callId"])["status"] == "pending"
+
+
 def test_fcm_unavailable_is_retried_once(as_user, fcm):
     phone("bob", platform="android", fcmToken=FCM_TOKEN)
     fcm.fail_with[FCM_TOKEN] = [(503, "UNAVAILABLE", 0)]
@@ -512,10 +524,78 @@ def test_a_provider_that_is_down_does_not_fail_the_invite(as_user, settings, pla
     assert (call["pushSent"], call["pushError"]) == (False, "connection_error")
 
 
+def test_a_receiver_whose_devices_cannot_be_read_is_not_rung_but_the_call_stands(
+        start_server, emulators, securetoken, apns):
+    import grpc
+
+    from tests.fakes.firestore_proxy import FirestoreProxy
+
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    proxy = FirestoreProxy(emulators.firestore_host).start()
+    # Firestore refuses the read of Bob's devices; everything else works.
+    proxy.refuse = lambda method, request: (
+        (grpc.StatusCode.PERMISSION_DENIED, "Missing or insufficient permissions.")
+        if method == "RunQuery" and request.parent.endswith("/users/bob") else None)
+    try:
+        base = start_server(FIRESTORE_EMULATOR_HOST=proxy.host)
+        status, call = http_json("POST", f"{base}/api/call/invite", INVITE, headers={
+            "Authorization": f"Bearer {securetoken.mint('alice')}"})
+        assert status == 200, call
+        assert (call["pushSent"], call["pushError"]) == (False, "user_lookup_failed")
+        assert [method for method, _ in proxy.refused] == ["RunQuery"]
+        assert stored(call["callId"])["status"] == "pending"
+        assert apns.requests == []
+    finally:
+        proxy.stop()
+
+
 def test_an_unconfigured_provider_is_named_in_push_error(as_user, settings):
     settings.APNS_KEY_CONTENT = ""
     phone("bob", platform="ios", voipToken=VOIP_TOKEN)
     assert invite(as_user)["pushError"] == "apns_not_configured"
+
+
+def _key_file(path, pem: str):
+    path.write_text(pem)
+    push_services.apns_client.cache_clear()  # the client reads its key when it is built
+    return str(path)
+
+
+def test_the_apns_key_is_read_from_apns_key_path(as_user, apns, settings, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    trusted = settings.APNS_KEY_CONTENT.replace("\\n", "\n")  # the key the fake trusts
+    settings.APNS_KEY_CONTENT = ""
+    settings.APNS_KEY_PATH = _key_file(tmp_path / "AuthKey.p8", trusted)
+    phone("bob", platform="ios", voipToken=VOIP_TOKEN)
+    first = invite(as_user)
+    assert (first["pushSent"], first["pushPlatform"]) == (True, "ios")
+    # Another throwaway key in the file: Apple refuses what it signs, so the file signs.
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    settings.APNS_KEY_PATH = _key_file(tmp_path / "Other.p8", other)
+    as_user("alice").post("/api/call/cancel", {"call_id": first["callId"]})
+    second = invite(as_user)
+    assert (second["pushSent"], second["pushError"]) == (False, "invalid_provider_token")
+
+
+def test_the_fcm_service_account_is_read_from_fcm_service_account_path(as_user, fcm, settings,
+                                                                       tmp_path):
+    import json
+
+    account = tmp_path / "service-account.json"
+    account.write_text(json.dumps(fcm.service_account_info()))
+    settings.FCM_SERVICE_ACCOUNT_JSON = ""
+    settings.FCM_SERVICE_ACCOUNT_PATH = str(account)
+    push_services.fcm_client.cache_clear()
+    phone("bob", platform="android", fcmToken=FCM_TOKEN)
+    call = invite(as_user)
+    assert (call["pushSent"], call["pushPlatform"]) == (True, "android")
+    [message] = fcm.sent_to(FCM_TOKEN)
+    assert message.status == 200 and message.message["data"]["callId"] == call["callId"]
+    push_services.fcm_client.cache_clear()
 
 
 def test_unconfigured_providers_are_reported_once_at_start_up(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
+import wave
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -72,6 +74,21 @@ def test_stop_answers_the_seed_shape_once_the_wav_is_stored(as_user, recorder):
     assert body["firebase"]["firestoreId"] == started["sid"]
     assert stored(call["callId"])["recordingId"] == started["sid"]
     assert "path" not in body and str(recorder.recordings) not in response.content.decode()
+    # `duration` (ms) is the stored WAV's, and `firebase.url` serves that WAV.
+    with requests.get(body["firebase"]["url"], timeout=30) as served:
+        assert served.status_code == 200
+        with wave.open(io.BytesIO(served.content)) as wav:
+            assert (wav.getframerate(), wav.getnchannels()) == (16000, 1)
+            assert body["duration"] > 0
+            assert wav.getnframes() / 16 == pytest.approx(body["duration"], abs=1)
+
+
+def test_stop_with_nothing_to_stop_is_404(as_user, recorder):
+    call = invite(as_user)
+    response = as_user("alice").post("/api/recording/stop", {"channel": call["channelName"]})
+    error_of(response, 404, "recording_not_found")
+    response = as_user("alice").post("/api/recording/stop", {"sid": "no-such-session"})
+    error_of(response, 404, "session_not_found")
 
 
 def test_status_and_list_show_each_user_their_own(as_user, recorder):

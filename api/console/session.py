@@ -1,57 +1,60 @@
-"""Signing in to the console: the ops key or an admin's Firebase ID token, kept in a
-signed-cookie session (no database); failed attempts are rate-limited per client IP,
-in this process only (each gunicorn worker counts its own)."""
+"""Signing in to the console: the ops key or an admin's Firebase ID token, into a session
+kept in Firestore (api.console.sessions); failed attempts are rate-limited per client IP
+across every worker and server (counted in Firestore)."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import threading
 import time
-from collections import deque
+from datetime import timedelta
 from functools import wraps
 from urllib.parse import quote
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
+from google.cloud import firestore
 
 from api.auth import principal_from_id_token
 from api.errors import api_error_response
+from core.clock import utc_now
 from core.errors import Forbidden, TooManyAttempts, Unauthenticated
 from core.principal import Principal
+from integrations.firebase import firestore_client
 
 SESSION_KEY = "console"
+FAILURES = "consoleSignInFailures"
 
 
 class SignInLimiter:
-    """At most `max_failures` failed sign-ins per key within `window` seconds."""
+    """At most `CONSOLE_SIGNIN_MAX_FAILURES` failed sign-ins per key within
+    `CONSOLE_SIGNIN_WINDOW_SECONDS`, shared by every process: a sliding-window counter (the
+    count of this fixed window plus the previous window's, weighted by how much of it still
+    overlaps the sliding one). One document per key and window, `consoleSignInFailures/
+    {sha256(key)}-{window}`, bumped with an atomic increment; `expireAt` for a TTL policy."""
 
-    def __init__(self):
-        self._failures: dict[str, deque] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque:
+    def _windows(self, key: str) -> tuple[float, list]:
         window = settings.CONSOLE_SIGNIN_WINDOW_SECONDS
-        times = self._failures.setdefault(key, deque())
-        while times and times[0] <= now - window:
-            times.popleft()
-        return times
+        now = time.time()
+        index = int(now // window)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        collection = firestore_client().collection(FAILURES)
+        overlap = 1 - (now - index * window) / window  # of the previous window, 1 -> 0
+        return overlap, [collection.document(f"{digest}-{i}") for i in (index, index - 1)]
 
     def check(self, key: str) -> None:
-        with self._lock:
-            if len(self._recent(key, time.monotonic())) >= settings.CONSOLE_SIGNIN_MAX_FAILURES:
-                raise TooManyAttempts()
+        overlap, (current, previous) = self._windows(key)
+        counts = {snap.reference.path: snap.get("count") if snap.exists else 0
+                  for snap in firestore_client().get_all([current, previous])}
+        if counts[current.path] + overlap * counts[previous.path] \
+                >= settings.CONSOLE_SIGNIN_MAX_FAILURES:
+            raise TooManyAttempts()
 
     def failed(self, key: str) -> None:
-        with self._lock:
-            self._recent(key, time.monotonic()).append(time.monotonic())
-            if len(self._failures) > 10_000:  # bounded: forget the quietest keys
-                for stale in [k for k, v in self._failures.items() if not v][:5000]:
-                    del self._failures[stale]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._failures.clear()
+        _, (current, _) = self._windows(key)
+        expire = utc_now() + timedelta(seconds=2 * settings.CONSOLE_SIGNIN_WINDOW_SECONDS)
+        current.set({"count": firestore.Increment(1), "expireAt": expire}, merge=True)
 
 
 limiter = SignInLimiter()

@@ -7,7 +7,7 @@ every form is CSRF-protected (`csrf_protect` on each view: the API stays token-b
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -36,6 +36,7 @@ from core.clock import iso, utc_now
 from core.errors import AppError, ValidationFailed
 from library import admin, deletion, lookups, retries
 from library.analysis_jobs import analysis_counts, analysis_transcript, recording_analysis
+from library.times import day_or_time, instant_parse
 from ops.audit import ACTIONS, audit_entries
 from ops.sweep import sweep_run
 from recordings import store as recording_store
@@ -67,14 +68,8 @@ def _safe_next(value: str | None) -> str:
     return reverse("console:now")
 
 
-def _day(value: str | None, *, end: bool = False) -> datetime | None:
-    if not value:
-        return None
-    try:
-        day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
-        raise ValidationFailed(f"{value!r} is not a date (YYYY-MM-DD).") from None
-    return day + timedelta(days=1) if end else day
+def _day(value: str, *, field: str, end: bool = False) -> datetime | None:
+    return day_or_time(value, field=field, end=end) if value else None
 
 
 # --- sign-in -------------------------------------------------------------------------------
@@ -142,14 +137,8 @@ def _now_state() -> dict:
 @console_page
 def now(request: HttpRequest):
     state = _now_state()
-    try:
-        library = admin.recordings_upload_status()
-    except AppError as exc:
-        library = {"error": exc.code}
-    try:
-        analysis = analysis_counts(("queued", "processing", "failed"))
-    except Exception as exc:  # the feature may not be deployed: say so, do not fail
-        analysis = {"error": type(exc).__name__}
+    library = admin.recordings_upload_status()
+    analysis = analysis_counts(("queued", "processing", "failed"))
     return _page(request, "now.html", {"state": state, "library": library,
                                        "analysis": analysis, "health": readiness(),
                                        "retention": deletion.retention_state()})
@@ -185,8 +174,8 @@ def calls(request: HttpRequest):
         if filters["status"] and filters["status"] not in {s.value for s in CallStatus}:
             raise ValidationFailed(f"status: not one of {', '.join(s.value for s in CallStatus)}")
         page = listing.calls_page(
-            status=filters["status"] or None, created_from=_day(filters["date_from"]),
-            created_to=_day(filters["date_to"], end=True), user=filters["user"] or None,
+            status=filters["status"] or None, created_from=_day(filters["date_from"], field="date_from"),
+            created_to=_day(filters["date_to"], field="date_to", end=True), user=filters["user"] or None,
             group=filters["group"] or None, limit=PAGE, cursor=request.GET.get("cursor"))
     except ValidationFailed as exc:
         error = exc
@@ -200,7 +189,8 @@ def calls(request: HttpRequest):
         more = "?" + query.urlencode()
     return _page(request, "calls.html", {"filters": filters, "calls": rows, "more": more,
                                          "error": error,
-                                         "statuses": [s.value for s in CallStatus]})
+                                         "statuses": [s.value for s in CallStatus]},
+                 status=error.status if error else 200)
 
 
 def call_timeline(call: dict) -> list[dict]:
@@ -312,7 +302,8 @@ def recordings(request: HttpRequest):
         more = "?" + query.urlencode()
     return _page(request, "recordings.html", {
         "filters": filters, "listed": listed, "more": more, "error": error,
-        "statuses": STATUSES, "done": request.GET.get("done")})
+        "statuses": STATUSES, "done": request.GET.get("done")},
+        status=error.status if error else 200)
 
 
 def _media(request: HttpRequest, recording_id: str, *, attachment: bool) -> HttpResponse:
@@ -382,12 +373,11 @@ def recording_delete(request: HttpRequest, recording_id: str):
 def access_log(request: HttpRequest):
     action = request.GET.get("action") or None
     uid = (request.GET.get("uid") or "").strip() or None
-    before = None
-    if request.GET.get("before"):
-        try:
-            before = datetime.fromisoformat(request.GET["before"].replace("Z", "+00:00"))
-        except ValueError:
-            before = None
+    try:
+        before = (instant_parse(request.GET["before"], field="before")
+                  if request.GET.get("before") else None)
+    except ValidationFailed as exc:
+        return _failure(request, exc)
     entries = audit_entries(action=action if action in ACTIONS else None, uid=uid,
                             limit=PAGE, before=before)
     more = None
