@@ -238,10 +238,18 @@ def start_server(emulators, securetoken, tmp_path):
 def start_events_server(emulators, securetoken, tmp_path):
     """`start_events_server(**env)` -> base URL of the event-stream server nginx routes
     `/api/analysis/<job>/events` to (`python -m config.events`: uvicorn, Django's ASGI
-    application) on a free loopback port, configured like `start_server`; stopped after."""
-    started: list = []
-    yield lambda **env: _serve(["-m", "config.events"], "EVENTS_BIND", env, started, tmp_path)
-    for proc in started:
+    application) on a free loopback port, configured like `start_server`; stopped after.
+    `.procs`: the processes started."""
+    class Start:
+        def __init__(self) -> None:
+            self.procs: list = []  # what was started, for tests that look at the process
+
+        def __call__(self, **env) -> str:
+            return _serve(["-m", "config.events"], "EVENTS_BIND", env, self.procs, tmp_path)
+
+    start = Start()
+    yield start
+    for proc in start.procs:
         stop(proc)
 
 
