@@ -132,17 +132,18 @@ _ERROR_DESCRIPTIONS = {
          "recorder_error, ...)",
     503: "Unavailable or contended, retry later: service_unavailable, contention, "
          "recorder_unavailable, auth_unavailable, audio_unavailable (with `reason`), "
-         "channel_events_disabled, storage_* codes",
+         "channel_events_disabled, storage_* codes; dependency_timeout (Firestore or "
+         "Storage did not answer in time; `Retry-After` says when to retry)",
 }
 
 
 def answers(ok: type | dict[int, type] | None, *errors: int, docs: dict | None = None) -> dict:
     """The route's `response=` (its success schema, or {status: schema}; ErrorBody for
-    each error status it can answer, and 500) and `openapi_extra=` (what each error
+    each error status it can answer, 500, and 503 for a dependency timeout) and `openapi_extra=` (what each error
     status means; `docs` adds responses that bypass the schemas, e.g. raw bytes)."""
     response = {} if ok is None else dict(ok) if isinstance(ok, dict) else {200: ok}
     described = dict((docs or {}).get("responses", {}))
-    for status in (*errors, 500):
+    for status in dict.fromkeys((*errors, 500, 503)):
         response[status] = ErrorBody
         described[status] = {"description": _ERROR_DESCRIPTIONS[status]}
     return {"response": response, "openapi_extra": {**(docs or {}), "responses": described}}

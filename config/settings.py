@@ -58,6 +58,9 @@ FIREBASE_SERVICE_ACCOUNT = env.str("FIREBASE_SERVICE_ACCOUNT", default="")
 GOOGLE_APPLICATION_CREDENTIALS = env.str("GOOGLE_APPLICATION_CREDENTIALS", default="")
 # Where Firebase ID-token signing certificates are fetched; tests point it at loopback.
 FIREBASE_AUTH_CERT_URL = env.str("FIREBASE_AUTH_CERT_URL", default=GOOGLE_CERT_URL)
+# Every Firestore call while serving a request gives up after this (its retries included);
+# a request that hits it answers 503 dependency_timeout with Retry-After.
+FIRESTORE_TIMEOUT_SECONDS = env.float("FIRESTORE_TIMEOUT_SECONDS", default=5.0)
 
 # Auth: "firebase" (always in production) or "dev" (accepts `Bearer dev:<uid>`, debug only).
 AUTH_MODE = env.str("AUTH_MODE", default="firebase")
@@ -215,6 +218,8 @@ def _refuse_unsafe_production() -> None:
 
 
 _refuse_unsafe_production()
+if not FIRESTORE_TIMEOUT_SECONDS > 0:
+    raise ImproperlyConfigured("FIRESTORE_TIMEOUT_SECONDS must be a positive number.")
 if TOKEN_CHANNEL_POLICY not in ("call", "authenticated"):
     raise ImproperlyConfigured("TOKEN_CHANNEL_POLICY must be 'call' or 'authenticated'.")
 for _name, _value in (("AGORA_APP_ID", AGORA_APP_ID), ("AGORA_APP_CERT", AGORA_APP_CERT)):
