@@ -326,8 +326,8 @@ class RecordingStopOut(Out):
     uid: int | None = None
     callId: str | None = None
     status: str = Field(description="stopped (stored), failed (Storage refused; retried "
-                                    "later), processing (another stop is finishing it), or "
-                                    "the stored status when it was finished before")
+                                    "later; `error` says why), or the stored status when it "
+                                    "was finished before")
     groupId: str | None = None
     user1: str | None = Field(None, description="The caller")
     user2: str | None = Field(None, description="The receiver")
@@ -344,6 +344,24 @@ class RecordingStopOut(Out):
     path: str | None = None
 
 
+class RecordingProcessingOut(Out):
+    """A stop still converting or uploading after RECORDER_STOP_WAIT_SECONDS: the recorder
+    finishes it; GET /api/recording/status lists it as `processing` meanwhile, and the
+    recording (`sid` is its id) ends `completed` or `failed`. Stopping again answers 200
+    once it is done."""
+
+    sid: str
+    channel: str | None = None
+    uid: int | None = None
+    callId: str | None = None
+    filename: str | None = Field(None, description="{channel}_{timestamp}.webm as recorded")
+    status: Literal["processing"]
+    bytes: int | None = None
+    chunks: int | None = None
+    durationMs: int | None = None
+    stopReason: str | None = None
+
+
 class RecorderSession(Out):
     sid: str
     channel: str
@@ -351,7 +369,8 @@ class RecorderSession(Out):
     callId: str | None = None
     source: str | None = None
     filename: str | None = None
-    status: str = Field(description="starting, recording, stopping")
+    status: str = Field(description="starting, recording, stopping, processing (stopped; "
+                                    "being converted and uploaded)")
     startedAt: Timestamp | None = None
     chunks: int | None = None
     bytes: int | None = None
