@@ -132,7 +132,11 @@ def _bound_every_call(client, seconds: float) -> None:
     # The one place every call passes: the GAPIC transport's wrapped methods, whose defaults
     # (timeout and retry) apply whenever a caller names none, as ours never do. A timeout
     # here is a gRPC deadline (streams included); the retry stops at the same deadline.
-    for method in client._firestore_api._transport._wrapped_methods.values():
+    transport = client._firestore_api._transport
+    long_lived = {transport.listen, transport.write}  # a listener's stream lives on purpose
+    for target, method in transport._wrapped_methods.items():
+        if target in long_lived:
+            continue
         method._timeout = seconds
         if method._retry is not None:
             method._retry = method._retry.with_timeout(seconds)

@@ -20,7 +20,7 @@ from recordings import store
 from recordings.documents import recording_document
 from tests.helpers import storage_down
 
-TIMEOUT = 1  # FIRESTORE_TIMEOUT_SECONDS of the servers started here
+TIMEOUT = 2  # FIRESTORE_TIMEOUT_SECONDS of the servers started here
 # The client gives up long after the server should have: a hung request fails the test.
 CLIENT_TIMEOUT = TIMEOUT * 4
 
@@ -62,7 +62,8 @@ def _request(method: str, url: str, body: dict | None = None, headers: dict | No
 
 
 def _until_ok(method: str, url: str, body: dict | None, headers: dict, expected: int):
-    """The emulator warms up on its first calls (which may take longer than 1 s)."""
+    """`expected` within a few tries: an emulator warming up (or working off what queued
+    while it was frozen) can miss a short deadline, which answers 503 — a client retries."""
     for _ in range(10):
         answer = _request(method, url, body, headers)
         if answer[0] == expected:
@@ -94,8 +95,8 @@ def test_a_frozen_firestore_answers_503_dependency_timeout_and_live_stays_up(
         live = _request("GET", f"{base}/api/health/live")
         assert live[0] == 200, live[1]
 
-    status, body, _ = _request("GET", status_url, headers=alice)
-    assert (status, body["callId"]) == (200, call["callId"]), body
+    _, body, _ = _until_ok("GET", status_url, None, alice, 200)
+    assert body["callId"] == call["callId"]
 
 
 def test_storage_that_never_answers_is_503_dependency_timeout(start_server, bearer):
