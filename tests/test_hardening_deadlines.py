@@ -18,7 +18,7 @@ from core.clock import utc_now
 from devstack.emulators import Emulators
 from recordings import store
 from recordings.documents import recording_document
-from tests.helpers import storage_down
+from tests.helpers import PRODUCTION, boot_settings, storage_down
 
 TIMEOUT = 2  # FIRESTORE_TIMEOUT_SECONDS of the servers started here
 # The client gives up long after the server should have: a hung request fails the test.
@@ -111,3 +111,12 @@ def test_storage_that_never_answers_is_503_dependency_timeout(start_server, bear
     base = start_server(**storage_down(), STORAGE_REQUEST_TIMEOUT_SECONDS=str(TIMEOUT))
     _assert_dependency_timeout(_request("GET", f"{base}/api/recordings/rec-1/stream",
                                         headers=bearer("alice")))
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("name", ["FIRESTORE_TIMEOUT_SECONDS", "RECORDER_STOP_WAIT_SECONDS"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_wait_that_is_not_positive_stops_start_up_naming_it(tmp_path, name, value):
+    result = boot_settings(tmp_path, **{**PRODUCTION, name: value})
+    assert result.returncode != 0
+    assert f"{name} must be a positive number" in result.stderr
