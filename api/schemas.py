@@ -341,7 +341,6 @@ class RecordingStopOut(Out):
     durationMs: int | None = None
     stopReason: str | None = None
     recovered: bool | None = Field(None, description="Finished after a recorder restart")
-    path: str | None = None
 
 
 class RecordingProcessingOut(Out):
