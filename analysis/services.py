@@ -36,7 +36,6 @@ from core.errors import (
     NotFound,
     NotInCall,
     RecordingNotReady,
-    ServiceUnavailable,
     ValidationFailed,
     WebhookSignatureInvalid,
 )
@@ -350,8 +349,7 @@ def _store_transcript(job: dict, transcript: dict, language) -> str:
                                      metadata={"jobId": job["jobId"]})
         except storage.StorageError as exc:
             # Not 2xx: the analysis server delivers the result again later.
-            raise ServiceUnavailable(f"Storage could not take the transcript ({exc.code}).",
-                                     code=exc.code) from exc
+            raise storage.unavailable(exc, "Storage could not take the transcript") from exc
     return object_name
 
 

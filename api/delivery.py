@@ -25,7 +25,7 @@ from django.http import (
 from django.utils.http import content_disposition_header
 
 from api.errors import error_response
-from core.errors import NotFound, ServiceUnavailable
+from core.errors import NotFound
 from library.lookups import MediaFile
 from media import storage
 
@@ -110,8 +110,7 @@ def media_response(request: HttpRequest, media: MediaFile, *, attachment: bool,
         if exc.code == "storage_not_found":
             raise NotFound("The recording's file is missing from Storage.",
                            code="recording_file_missing") from exc
-        raise ServiceUnavailable(f"Storage is unavailable ({exc.code}).",
-                                 code=exc.code) from exc
+        raise storage.unavailable(exc, "Storage is unavailable") from exc
     return _proxied(request, media, stored, attachment=attachment, bucket=bucket)
 
 

@@ -8,12 +8,15 @@ error JSON.
 from __future__ import annotations
 
 import http
+import math
 
 import structlog
+from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, JsonResponse
 
-from core.errors import AppError, HostNotServed
+from core.errors import AppError, DependencyTimeout, HostNotServed
+from integrations.firebase import deadline_exceeded
 
 log = structlog.get_logger("api.errors")
 
@@ -47,8 +50,22 @@ def error_response(*, http_status: int, code: str | None = None, message: str | 
 
 
 def api_error_response(exc: AppError) -> JsonResponse:
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return error_response(http_status=exc.status, code=exc.code, message=exc.message,
-                          **exc.extra)
+                          headers=headers, **exc.extra)
+
+
+def dependency_timeout_response(request: HttpRequest,
+                                exc: BaseException) -> JsonResponse | None:
+    """503 dependency_timeout when `exc` is a Firestore call that ran out of its deadline
+    (FIRESTORE_TIMEOUT_SECONDS); None for any other exception."""
+    if not deadline_exceeded(exc):
+        return None
+    log.warning("dependency_timeout", path=request.path, error=f"{type(exc).__name__}: {exc}")
+    return api_error_response(DependencyTimeout(
+        f"Firestore did not answer within {settings.FIRESTORE_TIMEOUT_SECONDS:g} s; "
+        "retry shortly.", retry_after=max(1, math.ceil(settings.FIRESTORE_TIMEOUT_SECONDS))))
 
 
 def server_error_response(request: HttpRequest) -> JsonResponse:

@@ -106,7 +106,8 @@ def _render_any_error(request: HttpRequest, exc: Exception):
     if isinstance(exc, (MultiPartParserError, SuspiciousOperation)):
         return errors.error_response(http_status=400, code="malformed_multipart",
                                      message=f"The multipart body is not valid: {exc}")
-    return errors.internal_error_response(request, exc)
+    timed_out = errors.dependency_timeout_response(request, exc)
+    return timed_out if timed_out is not None else errors.internal_error_response(request, exc)
 
 
 # ninja picks the most specific registered handler, so every class it knows is pointed here.

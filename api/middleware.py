@@ -11,7 +11,12 @@ from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 
-from api.errors import api_error_response, error_response, server_error_response
+from api.errors import (
+    api_error_response,
+    dependency_timeout_response,
+    error_response,
+    server_error_response,
+)
 from api.uploads import upload_limit_bytes
 from core.errors import HostNotServed, LengthRequired
 
@@ -108,3 +113,7 @@ class JsonErrorMiddleware:
         else:
             message = None
         return error_response(http_status=response.status_code, message=message, headers=headers)
+
+    def process_exception(self, request: HttpRequest, exception: Exception):
+        # Views outside the NinjaAPI (the console): a Firestore deadline is a 503 there too.
+        return dependency_timeout_response(request, exception)

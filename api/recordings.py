@@ -6,12 +6,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Query, Router, Schema
+from ninja.responses import Status
 from pydantic import Field, model_validator
 
 from api.auth import recorder_auth, user_auth
 from api.schemas import (
     RecorderTokenOut,
     RecordingListOut,
+    RecordingProcessingOut,
     RecordingSessionsOut,
     RecordingStartOut,
     RecordingStopOut,
@@ -72,11 +74,14 @@ def start(request: HttpRequest, payload: StartIn):
                                     source=payload.source or "agora")
 
 
-@router.post("/stop", **answers(RecordingStopOut, *_RECORDER_ERRORS),
-             summary="Stop a recording; answers when the WAV is stored")
+@router.post("/stop", **answers({200: RecordingStopOut, 202: RecordingProcessingOut},
+                                *_RECORDER_ERRORS),
+             summary="Stop a recording; answers when the WAV is stored (200), or 202 while "
+                     "it is still processing after RECORDER_STOP_WAIT_SECONDS")
 def stop(request: HttpRequest, payload: StopIn):
-    return services.recording_stop(principal=request.principal, sid=payload.sid,
-                                   channel=payload.channel)
+    stopped = services.recording_stop(principal=request.principal, sid=payload.sid,
+                                      channel=payload.channel)
+    return Status(202 if stopped.get("status") == "processing" else 200, stopped)
 
 
 @router.get("/status", **answers(RecordingSessionsOut, 401, 502, 503),

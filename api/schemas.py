@@ -132,17 +132,18 @@ _ERROR_DESCRIPTIONS = {
          "recorder_error, ...)",
     503: "Unavailable or contended, retry later: service_unavailable, contention, "
          "recorder_unavailable, auth_unavailable, audio_unavailable (with `reason`), "
-         "channel_events_disabled, storage_* codes",
+         "channel_events_disabled, storage_* codes; dependency_timeout (Firestore or "
+         "Storage did not answer in time; `Retry-After` says when to retry)",
 }
 
 
 def answers(ok: type | dict[int, type] | None, *errors: int, docs: dict | None = None) -> dict:
     """The route's `response=` (its success schema, or {status: schema}; ErrorBody for
-    each error status it can answer, and 500) and `openapi_extra=` (what each error
+    each error status it can answer, 500, and 503 for a dependency timeout) and `openapi_extra=` (what each error
     status means; `docs` adds responses that bypass the schemas, e.g. raw bytes)."""
     response = {} if ok is None else dict(ok) if isinstance(ok, dict) else {200: ok}
     described = dict((docs or {}).get("responses", {}))
-    for status in (*errors, 500):
+    for status in dict.fromkeys((*errors, 500, 503)):
         response[status] = ErrorBody
         described[status] = {"description": _ERROR_DESCRIPTIONS[status]}
     return {"response": response, "openapi_extra": {**(docs or {}), "responses": described}}
@@ -325,8 +326,8 @@ class RecordingStopOut(Out):
     uid: int | None = None
     callId: str | None = None
     status: str = Field(description="stopped (stored), failed (Storage refused; retried "
-                                    "later), processing (another stop is finishing it), or "
-                                    "the stored status when it was finished before")
+                                    "later; `error` says why), or the stored status when it "
+                                    "was finished before")
     groupId: str | None = None
     user1: str | None = Field(None, description="The caller")
     user2: str | None = Field(None, description="The receiver")
@@ -340,7 +341,24 @@ class RecordingStopOut(Out):
     durationMs: int | None = None
     stopReason: str | None = None
     recovered: bool | None = Field(None, description="Finished after a recorder restart")
-    path: str | None = None
+
+
+class RecordingProcessingOut(Out):
+    """A stop still converting or uploading after RECORDER_STOP_WAIT_SECONDS: the recorder
+    finishes it; GET /api/recording/status lists it as `processing` meanwhile, and the
+    recording (`sid` is its id) ends `completed` or `failed`. Stopping again answers 200
+    once it is done."""
+
+    sid: str
+    channel: str | None = None
+    uid: int | None = None
+    callId: str | None = None
+    filename: str | None = Field(None, description="{channel}_{timestamp}.webm as recorded")
+    status: Literal["processing"]
+    bytes: int | None = None
+    chunks: int | None = None
+    durationMs: int | None = None
+    stopReason: str | None = None
 
 
 class RecorderSession(Out):
@@ -350,7 +368,8 @@ class RecorderSession(Out):
     callId: str | None = None
     source: str | None = None
     filename: str | None = None
-    status: str = Field(description="starting, recording, stopping")
+    status: str = Field(description="starting, recording, stopping, processing (stopped; "
+                                    "being converted and uploaded)")
     startedAt: Timestamp | None = None
     chunks: int | None = None
     bytes: int | None = None

@@ -18,6 +18,7 @@ def _firebase_config():
         storage_emulator_host=settings.FIREBASE_STORAGE_EMULATOR_HOST,
         service_account=settings.FIREBASE_SERVICE_ACCOUNT,
         auth_cert_url=settings.FIREBASE_AUTH_CERT_URL,
+        firestore_timeout_seconds=settings.FIRESTORE_TIMEOUT_SECONDS,
     )
 
 

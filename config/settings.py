@@ -58,6 +58,9 @@ FIREBASE_SERVICE_ACCOUNT = env.str("FIREBASE_SERVICE_ACCOUNT", default="")
 GOOGLE_APPLICATION_CREDENTIALS = env.str("GOOGLE_APPLICATION_CREDENTIALS", default="")
 # Where Firebase ID-token signing certificates are fetched; tests point it at loopback.
 FIREBASE_AUTH_CERT_URL = env.str("FIREBASE_AUTH_CERT_URL", default=GOOGLE_CERT_URL)
+# Every Firestore call while serving a request gives up after this (its retries included);
+# a request that hits it answers 503 dependency_timeout with Retry-After.
+FIRESTORE_TIMEOUT_SECONDS = env.float("FIRESTORE_TIMEOUT_SECONDS", default=5.0)
 
 # Auth: "firebase" (always in production) or "dev" (accepts `Bearer dev:<uid>`, debug only).
 AUTH_MODE = env.str("AUTH_MODE", default="firebase")
@@ -152,8 +155,9 @@ RECORDER_TOKEN_SECONDS = env.int("RECORDER_TOKEN_SECONDS", default=3600)
 RECORDER_NODES = env.bool("RECORDER_NODES", default=False)
 RECORDER_HEARTBEAT_SECONDS = env.float("RECORDER_HEARTBEAT_SECONDS", default=10)
 RECORDER_START_TIMEOUT_SECONDS = env.float("RECORDER_START_TIMEOUT_SECONDS", default=30)
-# A stop answers after conversion and upload: allow for a long call.
-RECORDER_STOP_TIMEOUT_SECONDS = env.float("RECORDER_STOP_TIMEOUT_SECONDS", default=300)
+# A stop answers once the recording is stored, or after this long 202 `processing` (the
+# recorder goes on converting and uploading; GET /api/recording/status lists it).
+RECORDER_STOP_WAIT_SECONDS = env.float("RECORDER_STOP_WAIT_SECONDS", default=30)
 
 # Analysis of recordings (analysis/): an analysis server takes jobs, reports back signed
 # webhooks. Empty ANALYSIS_SERVER_URL: analysis is off and jobs stay queued.
@@ -215,6 +219,10 @@ def _refuse_unsafe_production() -> None:
 
 
 _refuse_unsafe_production()
+if not RECORDER_STOP_WAIT_SECONDS > 0:
+    raise ImproperlyConfigured("RECORDER_STOP_WAIT_SECONDS must be a positive number.")
+if not FIRESTORE_TIMEOUT_SECONDS > 0:
+    raise ImproperlyConfigured("FIRESTORE_TIMEOUT_SECONDS must be a positive number.")
 if TOKEN_CHANNEL_POLICY not in ("call", "authenticated"):
     raise ImproperlyConfigured("TOKEN_CHANNEL_POLICY must be 'call' or 'authenticated'.")
 for _name, _value in (("AGORA_APP_ID", AGORA_APP_ID), ("AGORA_APP_CERT", AGORA_APP_CERT)):

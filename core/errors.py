@@ -216,6 +216,18 @@ class AudioUnavailable(ServiceUnavailable):
     code = "audio_unavailable"
 
 
+class DependencyTimeout(ServiceUnavailable):
+    """Firestore or Storage did not answer within its deadline; the answer carries
+    `Retry-After: <retry_after>` seconds."""
+
+    code = "dependency_timeout"
+    message = "A service this server depends on did not answer in time; retry shortly."
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
 class RecorderUnavailable(ServiceUnavailable):
     code = "recorder_unavailable"
     message = "The recorder service cannot be reached."

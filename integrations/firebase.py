@@ -5,6 +5,10 @@ settings (`config/apps.py`), the recorder from its environment (`FirebaseConfig.
 With emulators: `AnonymousCredentials` and the emulator hosts exported for the Google
 clients. In production: the service-account JSON (inline or a path), else Application
 Default Credentials.
+
+`firestore_timeout_seconds` bounds every Firestore call of the process, the client's own
+retries included (`deadline_exceeded` recognises what the client raises when it gives up);
+unset, the client's defaults apply (up to 60 s a call, more for streams).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import firebase_admin
+import grpc
 from firebase_admin import auth, credentials, firestore, storage
+from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore as cloud_firestore
 
@@ -36,6 +42,7 @@ class FirebaseConfig:
     storage_emulator_host: str = ""  # with its http:// scheme
     service_account: str = ""  # the JSON itself, or a path to it; empty: ADC
     auth_cert_url: str = GOOGLE_CERT_URL  # where ID-token certificates are fetched
+    firestore_timeout_seconds: float | None = None  # per call, retries included; None: the client's
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> FirebaseConfig:
@@ -115,8 +122,45 @@ def storage_emulated() -> bool:
 
 @lru_cache(maxsize=1)
 def firestore_client():
-    """The shared Firestore client (thread-safe; one gRPC channel per process)."""
-    return firestore.client(firebase_app())
+    """The shared Firestore client (thread-safe; one gRPC channel per process), every call
+    of it bounded by the configured `firestore_timeout_seconds`."""
+    client = firestore.client(firebase_app())
+    seconds = _config_source().firestore_timeout_seconds
+    if seconds:
+        _bound_every_call(client, seconds)
+    return client
+
+
+def _bound_every_call(client, seconds: float) -> None:
+    # The one place every call passes: the GAPIC transport's wrapped methods, whose defaults
+    # (timeout and retry) apply whenever a caller names none, as ours never do. A timeout
+    # here is a gRPC deadline (streams included); the retry stops at the same deadline.
+    transport = client._firestore_api._transport
+    long_lived = {transport.listen, transport.write}  # a listener's stream lives on purpose
+    for target, method in transport._wrapped_methods.items():
+        if target in long_lived:
+            continue
+        method._timeout = seconds
+        if method._retry is not None:
+            method._retry = method._retry.with_timeout(seconds)
+
+
+_DEADLINE_ERRORS = (api_exceptions.DeadlineExceeded, api_exceptions.RetryError)
+
+
+def deadline_exceeded(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) says a Google call gave up in time: a
+    deadline exceeded, retries exhausted, or the service unavailable until then."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (*_DEADLINE_ERRORS, api_exceptions.ServiceUnavailable)):
+            return True
+        if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)) and (
+                exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

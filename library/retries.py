@@ -12,7 +12,7 @@ import structlog
 from django.conf import settings
 
 from core.clock import iso, utc_now
-from core.errors import AppError, NotFailed, ServiceUnavailable, SourceMissing, UnsupportedAudio
+from core.errors import AppError, NotFailed, SourceMissing, UnsupportedAudio
 from core.principal import Principal
 from library.uploads import _kept_file, _process, _reopen, _upload_answer, recording_fail
 from media import storage
@@ -57,8 +57,7 @@ def _retry_upload(recording: dict) -> tuple[int, dict]:
         recording_fail(recording_id, "source_missing" if lost else exc.code)
         if lost:
             raise SourceMissing("The original is gone from Storage; upload it again.") from exc
-        raise ServiceUnavailable(f"Storage could not give back the original ({exc.code}).",
-                                 code=exc.code) from exc
+        raise storage.unavailable(exc, "Storage could not give back the original") from exc
     try:
         return _finish_retry(claimed, downloaded)
     finally:

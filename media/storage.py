@@ -45,6 +45,7 @@ from google.auth.credentials import Signing
 from google.cloud.storage import Blob, Bucket
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
+from core.errors import DependencyTimeout, ServiceUnavailable
 from integrations.firebase import storage_bucket, storage_emulated
 
 DOWNLOAD_TOKENS_KEY = "firebaseStorageDownloadTokens"  # what Firebase Storage reads
@@ -74,6 +75,14 @@ class StorageError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+def unavailable(exc: StorageError, message: str) -> ServiceUnavailable:
+    """The 503 a request answers when Storage failed it: `dependency_timeout` (with
+    Retry-After) when Storage gave no answer within its time budget, else Storage's code."""
+    if exc.code == "storage_unavailable":
+        return DependencyTimeout(f"{message} (Storage did not answer in time).")
+    return ServiceUnavailable(f"{message} ({exc.code}).", code=exc.code)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ a previous recorder process crashed during this recording and this one marked it
 at start-up). The media pipeline (remux, WAV, upload, Firestore) belongs here. A stop
 waits for it (sync hooks run in a worker thread) and a dict it returns is merged into the
 stop answer; for recovered recordings it runs in the background. The default does
-nothing; `python -m recorder` sets `pipeline`.
+nothing; `python -m recorder` sets `pipeline`. While the hook runs the session is listed
+with status `processing`; a stop given a `wait` answers `processing` when it is not
+finished by then (the work goes on).
 
 What Agora does to a session's connection: its token is renewed through the API
 (`recorder.tokens`) when the SDK says it will expire, and the session ends with
@@ -144,6 +146,7 @@ class RecorderService:
                                 on_disconnected=self._browser_lost,
                                 devtools_port=settings.devtools_port)
         self._sessions: dict[str, Session] = {}
+        self._processing: dict[str, Session] = {}  # stopped, its media pipeline running
         self._finished: dict[str, dict] = {}
         self._tasks: set[asyncio.Task] = set()
         self._watchdog: asyncio.Task | None = None
@@ -167,7 +170,8 @@ class RecorderService:
         """Stop every session cleanly (flushing its last chunk), then close the browser."""
         self._closing = True
         await asyncio.gather(*(self.session_stop(sid=sid, reason="shutdown")
-                               for sid in list(self._sessions)), return_exceptions=True)
+                               for sid in [*self._sessions, *self._processing]),
+                             return_exceptions=True)
         if self._watchdog:
             self._watchdog.cancel()
         if self._tasks:
@@ -251,17 +255,24 @@ class RecorderService:
 
     # -- stop ----------------------------------------------------------------------------
 
-    async def session_stop(self, *, sid: str, reason: str = "requested") -> dict:
+    async def session_stop(self, *, sid: str, reason: str = "requested",
+                           wait: float | None = None) -> dict:
         """Stop a session and answer its result; stopping a stopped session answers the
-        same result again (clients retry)."""
+        same result again (clients retry). With `wait` (seconds), a stop not finished by
+        then answers the session with status `processing` and goes on in the background."""
         if sid in self._finished:
             return self._finished[sid]
-        session = self._sessions.get(sid)
+        session = self._sessions.get(sid) or self._processing.get(sid)
         if session is None:
             raise SessionNotFound(f"no recording session {sid}")
         if session.stopping is None:
             session.stopping = asyncio.create_task(self._finish(session, reason))
-        return await asyncio.shield(session.stopping)
+        try:
+            return await asyncio.wait_for(asyncio.shield(session.stopping), timeout=wait)
+        except TimeoutError:
+            log.info("stop of %s still processing after %ss; answering processing",
+                     session.sid, wait)
+            return {**self._result(session), "status": "processing"}
 
     async def _finish(self, session: Session, reason: str, *, page_alive: bool = True) -> dict:
         session.state, session.stop_reason = "stopping", reason
@@ -285,19 +296,23 @@ class RecorderService:
             await asyncio.to_thread(session.sink.mark, "stopped", stoppedAt=iso(utc_now()),
                                     durationMs=duration_ms, stopReason=reason)
         session.result = self._result(session)
-        self._finished[session.sid] = session.result
-        while len(self._finished) > FINISHED_KEPT:
-            self._finished.pop(next(iter(self._finished)))
+        # Off the recording sessions (its room is free), listed as processing until the
+        # hook is done.
+        session.state = "processing"
+        self._processing[session.sid] = session
         self._sessions.pop(session.sid, None)
-        session.state = "stopped"
         log.info("stopped %s reason=%s bytes=%s durationMs=%s", session.sid, reason,
                  session.result["bytes"], duration_ms)
         # The stop answer carries what the media pipeline made of the file (the seed's
         # `filename`, `format`, `duration`, `firebase`), so it waits for the hook.
-        processed = await self._call_on_stopped(session)
+        processed = await self._call_on_stopped(session)  # logs its failures, never raises
         if isinstance(processed, dict):
             session.result = {**session.result, **processed}
-            self._finished[session.sid] = session.result
+        session.state = "stopped"
+        self._finished[session.sid] = session.result
+        self._processing.pop(session.sid, None)
+        while len(self._finished) > FINISHED_KEPT:
+            self._finished.pop(next(iter(self._finished)))
         return session.result
 
     @staticmethod
@@ -442,13 +457,19 @@ class RecorderService:
     # -- queries -------------------------------------------------------------------------
 
     def sessions_active(self) -> list[dict]:
+        """Sessions recording (or starting, or stopping their page): what uses a browser."""
         return [s.summary() for s in self._sessions.values()]
+
+    def sessions_listed(self) -> list[dict]:
+        """What GET /sessions answers: the active sessions, then those still processing."""
+        return [s.summary() for s in (*self._sessions.values(), *self._processing.values())]
 
     def session_get(self, *, sid: str) -> dict:
         if sid in self._finished:
             return self._finished[sid]
-        if sid in self._sessions:
-            return self._sessions[sid].summary()
+        session = self._sessions.get(sid) or self._processing.get(sid)
+        if session is not None:
+            return session.summary()
         raise SessionNotFound(f"no recording session {sid}")
 
     # -- crash recovery ------------------------------------------------------------------

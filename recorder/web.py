@@ -82,7 +82,7 @@ async def sessions_create(request: web.Request) -> web.Response:
 
 async def sessions_list(request: web.Request) -> web.Response:
     _require_secret(request)
-    return web.json_response({"sessions": _service(request).sessions_active()})
+    return web.json_response({"sessions": _service(request).sessions_listed()})
 
 
 async def session_detail(request: web.Request) -> web.Response:
@@ -92,7 +92,9 @@ async def session_detail(request: web.Request) -> web.Response:
 
 async def session_stop(request: web.Request) -> web.Response:
     """Stop a session and answer when it is stored; with `{"wait": false}` answer 202 at
-    once and finish in this process (the API's hang-up does not wait for it)."""
+    once and finish in this process (the API's hang-up does not wait for it); with
+    `{"wait": <seconds>}` answer when it is stored or, after that long, 202 with status
+    `processing` while it goes on here."""
     _require_secret(request)
     body = {}
     if request.can_read_body:
@@ -104,11 +106,17 @@ async def session_stop(request: web.Request) -> web.Response:
             raise BadRequest("the body must be a JSON object")
     service, sid = _service(request), request.match_info["sid"]
     reason = body.get("reason") if isinstance(body.get("reason"), str) else "requested"
-    if body.get("wait", True) is False:
+    wait = body.get("wait", True)
+    if wait is False:
         service.session_get(sid=sid)  # 404 for an unknown session
         service.spawn(service.stop_quietly(sid, reason[:40]))
         return web.json_response({"sid": sid, "status": "stopping"}, status=202)
-    return web.json_response(await service.session_stop(sid=sid, reason=reason[:40]))
+    if wait is True:
+        wait = None
+    elif isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+        raise BadRequest("wait must be true, false or a positive number of seconds")
+    answer = await service.session_stop(sid=sid, reason=reason[:40], wait=wait)
+    return web.json_response(answer, status=202 if answer["status"] == "processing" else 200)
 
 
 async def chunk_upload(request: web.Request) -> web.Response:

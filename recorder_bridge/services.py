@@ -35,6 +35,7 @@ log = structlog.get_logger("recordings")
 _STOP_LATER_TIMEOUT = 5.0
 _CLAIM_MARGIN = 30.0  # seconds past the start timeout before a "starting" claim is stale
 _CLAIM_POLL_SECONDS = 0.2  # how often a start waiting for another start looks again
+_STOP_ANSWER_MARGIN = 5.0  # seconds the recorder may take past the wait to answer
 
 
 def _participant(call: dict | None, principal: Principal) -> bool:
@@ -127,13 +128,16 @@ def _session(sid: str | None, channel: str | None) -> dict:
 def recording_stop(*, principal: Principal, sid: str | None = None,
                    channel: str | None = None) -> dict:
     """Stop a recording (by sid, or the active one on `channel`); answers once the WAV is
-    stored, in the seed's shape (`filename`, `format`, `duration`, `firebase`, ...)."""
+    stored, in the seed's shape (`filename`, `format`, `duration`, `firebase`, ...), or
+    `status: failed` with the `error`; still converting or uploading after
+    RECORDER_STOP_WAIT_SECONDS, `status: processing` (the recorder finishes it)."""
     session = _session(sid, channel)
     call = call_store.call_read(session["callId"]) if session.get("callId") else None
     if not _participant(call, principal) and not principal.admin:
         raise NotInCall("Only the call's participants or an admin can stop its recording.")
-    stopped = recorder_call("POST", f"/sessions/{session['sid']}/stop",
-                            timeout=settings.RECORDER_STOP_TIMEOUT_SECONDS)
+    wait = settings.RECORDER_STOP_WAIT_SECONDS
+    stopped = recorder_call("POST", f"/sessions/{session['sid']}/stop", json={"wait": wait},
+                            timeout=wait + _STOP_ANSWER_MARGIN)
     if session.get("callId"):
         claims.claim_release(call_id=session["callId"], sid=session["sid"])
     return stopped

@@ -10,12 +10,15 @@ import hmac
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -110,6 +113,17 @@ def storage_down() -> dict:
     return {"FIREBASE_STORAGE_EMULATOR_HOST": dead, "STORAGE_EMULATOR_HOST": dead,
             "STORAGE_UPLOAD_TIMEOUT_SECONDS": "2",
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true"}
+
+
+@contextmanager
+def storage_hanging() -> Iterator[dict]:
+    """Environment for a server whose Storage host takes connections and never answers:
+    a loopback listener that never accepts (the kernel completes the handshakes, nobody
+    reads). Closed when the block ends, which resets what is still connected."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield {"FIREBASE_STORAGE_EMULATOR_HOST": url, "STORAGE_EMULATOR_HOST": url,
+               "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true"}
 
 
 def upload(client, headers: dict, call_id: str, path: Path, **fields):

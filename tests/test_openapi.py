@@ -98,6 +98,7 @@ def test_every_error_answer_is_the_error_body(spec):
         if name == "GET /api/health/live":
             continue
         assert "500" in errors, name
+        assert "503" in errors, f"{name} documents no 503 (dependency_timeout)"
         if operation.get("security"):
             assert "401" in errors, f"{name} is authenticated but documents no 401"
         for status, answer in errors.items():

@@ -398,3 +398,13 @@ def test_the_next_start_removes_media_left_of_recordings_already_stored(start_re
     assert health["disk"]["recordingsBytes"] == sum(
         p.stat().st_size for p in folder.iterdir())
     assert health["disk"]["freeBytes"] > 0
+
+
+def test_a_stop_wait_that_is_not_a_number_of_seconds_is_400(start_recorder):
+    recorder = start_recorder()
+    for wait in ("soon", 0, -1, None, [30]):
+        status, answer = recorder.call("POST", "/sessions/no-such-session/stop",
+                                       {"wait": wait})
+        assert (status, answer["error"]["code"]) == (400, "bad_request"), (wait, answer)
+    status, answer = recorder.call("POST", "/sessions/no-such-session/stop", {"wait": 5})
+    assert (status, answer["error"]["code"]) == (404, "session_not_found")

@@ -15,7 +15,7 @@ from devstack.emulators import free_port, wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
 from tests.conftest import post_json
-from tests.helpers import error_of, invite, storage_down, stored
+from tests.helpers import document, error_of, invite, storage_down, storage_hanging, stored
 
 
 @pytest.fixture
@@ -70,6 +70,7 @@ def test_stop_answers_the_seed_shape_once_the_wav_is_stored(as_user, recorder):
     assert body["sid"] == started["sid"] and body["status"] == "stopped"
     assert (body["groupId"], body["user1"], body["user2"]) == ("group1", "alice", "bob")
     assert body["format"] == "wav" and body["filename"].endswith(".wav")
+    assert body["duration"] > 0  # milliseconds of the stored WAV
     assert body["firebase"]["storagePath"] == f"recordings/{body['filename']}"
     assert body["firebase"]["firestoreId"] == started["sid"]
     assert stored(call["callId"])["recordingId"] == started["sid"]
@@ -337,3 +338,39 @@ def test_racing_starts_on_one_call_share_one_session_until_it_stops(start_server
     wait_until(lambda: active() == [], timeout=60, what="the call's sessions stopped")
     claim = firestore_client().collection("recordingSessions").document(call["callId"])
     assert not claim.get().exists
+
+
+def test_a_stop_while_storage_hangs_answers_202_processing_and_status_lists_it(
+        as_user, start_recorder, settings):
+    with storage_hanging() as hanging:
+        # The upload gives up after 8 s; the stop waits 1 s for it.
+        recorder = start_recorder(RECORDER_JOIN_TIMEOUT_SECONDS="2",
+                                  STORAGE_UPLOAD_TIMEOUT_SECONDS="8", **hanging)
+        settings.RECORDER_SERVICE_URL, settings.RECORDER_SECRET = recorder.base, recorder.secret
+        settings.RECORDER_STOP_WAIT_SECONDS = 1
+        recorder_client._http.cache_clear()
+        call = invite(as_user)
+        sid = _tone_session(recorder, call)["sid"]
+
+        response = as_user("bob").post("/api/recording/stop", {"sid": sid})
+        assert response.status_code == 202, response.content
+        body = response.json()
+        assert (body["sid"], body["status"], body["callId"]) == (sid, "processing",
+                                                                 call["callId"])
+        assert "firebase" not in body
+
+        def listed() -> list[tuple[str, str]]:
+            sessions = as_user("alice").get("/api/recording/status").json()["sessions"]
+            return [(s["sid"], s["status"]) for s in sessions]
+        wait_until(lambda: listed() == [(sid, "processing")], timeout=10,
+                   what="the stopped session listed as processing")
+
+        # Storage never answers: the upload gives up, the recording is failed, and a stop
+        # now answers that at once, with the reason.
+        wait_until(lambda: (document(sid) or {}).get("status") == "failed", timeout=60,
+                   what="the upload given up")
+        wait_until(lambda: listed() == [], timeout=10, what="processing over")
+        again = as_user("bob").post("/api/recording/stop", {"sid": sid})
+        assert again.status_code == 200, again.content
+        assert (again.json()["status"], again.json()["error"]) == ("failed",
+                                                                   "storage_unavailable")
