@@ -168,13 +168,20 @@ _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def firestore_async_client():
     """A Firestore `AsyncClient` for the running event loop (the ASGI event-stream server's):
-    gRPC's asyncio channel belongs to the loop that made it, so each loop gets its own."""
+    gRPC's asyncio channel belongs to the loop that made it, so each loop gets its own.
+    Every call bounded by `firestore_timeout_seconds`, like `firestore_client`."""
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
         app = firebase_app()
         client = cloud_firestore.AsyncClient(credentials=app.credential.get_credential(),
                                              project=app.project_id)
+        seconds = _config_source().firestore_timeout_seconds
+        if seconds:  # as for the sync client (_bound_every_call); the async GAPIC's transport
+            for method in client._firestore_api._client._transport._wrapped_methods.values():
+                method._timeout = seconds
+                if method._retry is not None:
+                    method._retry = method._retry.with_timeout(seconds)
         _async_clients[loop] = client
     return client
 
