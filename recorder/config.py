@@ -87,14 +87,20 @@ class Settings:
 
 def _node() -> dict:
     """With RECORDER_NODE_ID set, this recorder registers in Firestore `recorderNodes` at
-    RECORDER_NODE_URL (default http://RECORDER_HOST:RECORDER_PORT); otherwise it does not
-    (the API then reaches it through RECORDER_SERVICE_URL alone)."""
+    RECORDER_NODE_URL (default http://RECORDER_HOST:RECORDER_PORT; `{hostname}` and `{ip}`
+    in it are this host's name and address, for replicas started from one definition);
+    otherwise it does not (the API then reaches it through RECORDER_SERVICE_URL alone)."""
     node_id = os.environ.get("RECORDER_NODE_ID", "").strip()
     if not node_id:
         return {}
     if node_id == "auto":
         node_id = f"{socket.gethostname()}-{int(env_number('RECORDER_PORT', 3100))}"
     url = os.environ.get("RECORDER_NODE_URL", "").strip().rstrip("/")
+    if "{hostname}" in url or "{ip}" in url:  # replicas of one service: each its own URL
+        hostname = socket.gethostname()
+        url = url.replace("{hostname}", hostname)
+        if "{ip}" in url:
+            url = url.replace("{ip}", socket.gethostbyname(hostname))
     if not url:
         host = os.environ.get("RECORDER_HOST", "127.0.0.1")
         if host in ("0.0.0.0", "::", ""):

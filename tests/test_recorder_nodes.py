@@ -241,3 +241,23 @@ def test_the_sweep_retries_on_each_node_and_reports_one_that_is_down(
                timeout=60, what="node-a retrying its upload (Storage still down there)")
     assert json.loads(sidecars["node-b"].read_text())["retryCount"] == 1
     recorder_client._http.cache_clear()
+
+
+@pytest.mark.pure
+def test_replicas_of_one_service_register_each_at_its_own_address(monkeypatch):
+    import socket
+
+    from recorder.config import Settings
+
+    monkeypatch.setenv("RECORDER_ALLOW_NO_SECRET", "1")
+    monkeypatch.setenv("RECORDER_HOST", "0.0.0.0")
+    monkeypatch.setenv("RECORDER_NODE_ID", "auto")
+    monkeypatch.setenv("RECORDER_NODE_URL", "http://{ip}:3100")
+    monkeypatch.setattr(socket, "gethostname", lambda: "c0ffee123456")
+    monkeypatch.setattr(socket, "gethostbyname",
+                        lambda name: {"c0ffee123456": "172.18.0.7"}[name])
+    settings = Settings.from_env()
+    assert (settings.node_id, settings.node_url) == ("c0ffee123456-3100",
+                                                     "http://172.18.0.7:3100")
+    monkeypatch.setenv("RECORDER_NODE_URL", "http://{hostname}:3100/")
+    assert Settings.from_env().node_url == "http://c0ffee123456:3100"
