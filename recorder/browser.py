@@ -35,10 +35,10 @@ class Shard:
 class BrowserPool:
     def __init__(self, *, executable_path: str, per_context: int,
                  on_disconnected: Callable[[], None] | None = None,
-                 devtools_port: int | None = None):
+                 devtools_port: int | None = None, extra_args: tuple[str, ...] = ()):
         self.executable_path = executable_path
         # RECORDER_DEVTOOLS_PORT: Chromium's DevTools on loopback, for tests and debugging.
-        self.args = list(CHROMIUM_ARGS) + (
+        self.args = list(CHROMIUM_ARGS) + list(extra_args) + (
             [f"--remote-debugging-port={devtools_port}"] if devtools_port else [])
         self.per_context = per_context
         self.on_disconnected = on_disconnected

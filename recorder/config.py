@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,9 @@ class Settings:
     sessions_per_context: int = 5
     audio_bits_per_second: int = 32000
     timeslice_ms: int = 1000
+    audio_sample_rate: int = 0  # 0: the browser's own (48 kHz)
+    audio_latency: str = "interactive"
+    chromium_extra_args: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -81,8 +85,21 @@ class Settings:
                            if os.environ.get("RECORDER_DEVTOOLS_PORT", "").strip() else None),
             max_sessions=int(env_number("RECORDER_MAX_SESSIONS", 20)),
             heartbeat_seconds=env_number("RECORDER_HEARTBEAT_SECONDS", 10),
+            audio_bits_per_second=int(env_number("RECORDER_AUDIO_BITS_PER_SECOND", 32000)),
+            audio_sample_rate=int(env_number("RECORDER_AUDIO_SAMPLE_RATE", 0)),
+            audio_latency=_choice("RECORDER_AUDIO_LATENCY", ("interactive", "balanced",
+                                                             "playback"), "interactive"),
+            chromium_extra_args=tuple(shlex.split(
+                os.environ.get("RECORDER_CHROMIUM_EXTRA_ARGS", ""))),
             **_node(),
         )
+
+
+def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(name, "").strip() or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
 
 
 def _node() -> dict:
