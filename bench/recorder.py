@@ -19,8 +19,8 @@ record for --settle seconds, then measure over --window seconds: PSS (`Pss:` of
 shared pages once per process) and CPU (utime+stime+cutime+cstime of the tree from
 `/proc/<pid>/stat`, delta over the window / wall / nproc). Then every session is stopped at
 once (the stop runs the real pipeline: remux, WAV, upload to the Storage emulator,
-Firestore emulator) and each WebM is decoded: loss = wall time between the 201 of its start
-and the sending of its stop - decoded duration. The page starts recording before the 201
+Firestore emulator) and each stored WAV is decoded from Storage: loss = wall time between
+the 201 of its start and the sending of its stop - decoded duration. The page starts recording before the 201
 and stops after the stop request arrives, so this loss is a lower bound.
 
 PSS splits shared pages over every process mapping them machine-wide, so another Chromium
@@ -277,8 +277,8 @@ def measure(recorder: Recorder, *, window: float, every: float = 2.0) -> dict:
                           for k in sorted({k for s in by_kind for k in s})}}
 
 
-def decoded_seconds(path: Path) -> float | None:
-    """Decode the whole file to null; the last `time=` is the audio's duration."""
+def decoded_seconds(path: Path | str) -> float | None:
+    """Decode the whole file (or URL) to null; the last `time=` is the audio's duration."""
     result = subprocess.run(["ffmpeg", "-nostdin", "-i", str(path), "-f", "null", "-"],
                             capture_output=True, text=True, timeout=120, check=False)
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
@@ -286,24 +286,6 @@ def decoded_seconds(path: Path) -> float | None:
         return None
     h, m, s = times[-1]
     return int(h) * 3600 + int(m) * 60 + float(s)
-
-
-def packet_seconds(path: Path) -> tuple[float, float]:
-    """(sum of packet durations, span first pts .. last pts + duration) from ffprobe."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                          "packet=pts_time,duration_time", "-of", "csv=p=0", str(path)],
-                         capture_output=True, text=True, timeout=120, check=False).stdout
-    total, first, end = 0.0, None, None
-    for line in out.splitlines():
-        parts = [p for p in line.strip().split(",") if p]
-        try:
-            pts, dur = float(parts[0]), float(parts[1])
-        except (ValueError, IndexError):
-            continue
-        total += dur
-        first = pts if first is None else min(first, pts)
-        end = pts + dur if end is None else max(end, pts + dur)
-    return total, (end - first) if first is not None else 0.0
 
 
 # -- one level ----------------------------------------------------------------------------
@@ -340,23 +322,24 @@ def stop_sessions(recorder: Recorder, sessions: list[dict]) -> list[dict]:
 
 
 def check_recordings(stopped: list[dict]) -> dict:
+    """Decode each stored WAV from Storage (the recorder removes its local media once a
+    recording is stored): loss = wall time recorded - decoded duration."""
     losses, details = [], []
     for s in stopped:
-        path = Path(s["path"])
+        url = (s.get("firebase") or {}).get("url")
         wall = s["t_stop_sent"] - s["t_started"]
-        decoded = decoded_seconds(path)
-        content, span = packet_seconds(path)
+        decoded = decoded_seconds(url) if url else None
         if decoded is None:
             losses.append(wall)
         else:
             losses.append(wall - decoded)
-        details.append({"hz": s["hz"], "wall": wall, "decoded": decoded, "packets": content,
-                        "span": span, "wav_s": (s.get("duration") or 0) / 1000,
+        details.append({"hz": s["hz"], "wall": wall, "decoded": decoded,
+                        "wav_s": (s.get("duration") or 0) / 1000,
                         "status": s.get("status"), "format": s.get("format"),
                         "chunks": s.get("chunks")})
     return {"worst_loss": max(losses), "best_loss": min(losses),
             "mean_loss": statistics.mean(losses),
-            "worst_packet_loss": max(d["wall"] - d["packets"] for d in details),
+            "worst_packet_loss": max(d["wall"] - d["wav_s"] for d in details),
             "not_stored": sum(1 for d in details if d["status"] != "stopped"
                               or d["format"] != "wav"),
             "undecodable": sum(1 for d in details if d["decoded"] is None),
@@ -485,7 +468,7 @@ def table(idle: dict, results: list[dict]) -> list[str]:
 def details(idle: dict, results: list[dict]) -> list[str]:
     lines = [
         "| sessions | USS MB | PSS max MB | loss min / mean / worst s "
-        "| worst wall - packet sum s | stored as WAV | start slowest s "
+        "| worst wall - WAV duration (pipeline's) s | stored as WAV | start slowest s "
         "| stop all (pipeline incl.) s | load avg 1 min | other Chromium |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| 0 | {idle['uss_mb']:.0f} | {idle['pss_max_mb']:.0f} | - | - | - | - | - "
@@ -595,7 +578,7 @@ def main() -> None:
         "descendant (Playwright driver, Chromium browser, zygotes, renderers, utility "
         "processes). CPU: utime+stime (+ reaped children) of the same tree over the window / "
         f"wall / {NPROC} (the tree's own CPU time, not the machine's). Loss: wall time from "
-        "the start's 201 to the stop request minus the decoded duration of the WebM (a lower "
+        "the start's 201 to the stop request minus the decoded duration of the stored WAV (a lower "
         "bound; worst session of the level).",
         "",
         "Targets (issue 13):",
