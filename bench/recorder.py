@@ -35,6 +35,7 @@ removes its recordings.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -336,13 +337,17 @@ def check_recordings(stopped: list[dict]) -> dict:
         details.append({"hz": s["hz"], "wall": wall, "decoded": decoded,
                         "wav_s": (s.get("duration") or 0) / 1000,
                         "status": s.get("status"), "format": s.get("format"),
-                        "chunks": s.get("chunks")})
+                        "error": s.get("error"), "chunks": s.get("chunks")})
     return {"worst_loss": max(losses), "best_loss": min(losses),
             "mean_loss": statistics.mean(losses),
             "worst_packet_loss": max(d["wall"] - d["wav_s"] for d in details),
             "not_stored": sum(1 for d in details if d["status"] != "stopped"
                               or d["format"] != "wav"),
             "undecodable": sum(1 for d in details if d["decoded"] is None),
+            # what the stops answered for those not stored as WAV: {status/format/error: n}
+            "outcomes": dict(collections.Counter(
+                f"{d['status']}/{d['format']}/{d['error']}" for d in details
+                if d["status"] != "stopped" or d["format"] != "wav")),
             "details": details}
 
 
@@ -481,6 +486,8 @@ def details(idle: dict, results: list[dict]) -> list[str]:
                      f"| {r['worst_packet_loss']:.2f} | {r['n'] - r['not_stored']}/{r['n']} "
                      f"| {r['start_max_s']:.2f} | {r['stop_all_s']:.1f} | {r['load1']:.2f} "
                      f"| {r['foreign_chromium']} |")
+    lines += [f"- {r['n']} sessions not stored as WAV: {r['outcomes']}" for r in results
+              if r["outcomes"]]
     lines += ["", "PSS by process kind (most processes at once, mean MB over the window):",
               ""]
     for r in [idle, *results]:
