@@ -252,8 +252,19 @@ class SweepStoppedPart(Out):
     stopped: int | None = Field(None, description="Recorder sessions of final calls stopped")
 
 
+class SweepRetriesNode(Out):
+    retrying: int | None = Field(None, description="Its failed recordings it is retrying")
+    error: str | None = Field(None, description="It was not healthy or did not answer: the "
+                                                "error code (its recordings wait)")
+    message: str | None = None
+    recordings: int | None = Field(None, description="With error: its failed recordings")
+
+
 class SweepRetriesPart(Out):
     retrying: int | None = Field(None, description="Failed recorder uploads being retried")
+    nodes: dict[str, SweepRetriesNode] | None = Field(
+        None, description="RECORDER_NODES: per node holding failed recordings (the node on "
+                          "each recording's document)")
 
 
 class SweepUploadsPart(Out):
@@ -528,12 +539,38 @@ class Probe(Out):
     error: str | None = Field(None, description="down: the exception's class name")
 
 
+class RecorderNode(Out):
+    """One recorder node: with RECORDER_NODES each registered one (`recorderNodes/{nodeId}`,
+    counts as of its last heartbeat), else the one at RECORDER_SERVICE_URL."""
+
+    nodeId: str | None = Field(None, description="RECORDER_NODE_ID (null for a recorder that "
+                                                 "does not register)")
+    url: str = Field(description="Where the API reaches it (no credentials)")
+    status: Literal["ok", "down", "stale"] = Field(
+        description="ok: healthy and answers /health; down: healthy but does not answer; "
+                    "stale: no heartbeat within 3 x RECORDER_HEARTBEAT_SECONDS (not asked)")
+    healthy: bool = Field(description="Its heartbeat is fresh (placement uses it)")
+    capacity: int | None = Field(None, description="RECORDER_MAX_SESSIONS")
+    sessions: int | None = Field(None, description="Sessions recording")
+    free: int | None = Field(None, description="capacity - sessions")
+    heartbeatAt: str | None = None
+    heartbeatAgeSeconds: float | None = None
+    browser: str | None = Field(None, description="up | down")
+    latencyMs: float | None = None
+    error: str | None = Field(None, description="down: why")
+
+
 class RecorderProbe(Out):
     status: Literal["ok", "down", "not_configured"]
     latencyMs: float | None = None
-    error: str | None = None
-    browser: str | None = Field(None, description="up | down")
+    error: str | None = Field(None, description="down: the exception's class name, or "
+                                                "no_healthy_node")
+    browser: str | None = Field(None, description="up | down (RECORDER_SERVICE_URL alone)")
     sessions: int | None = Field(None, description="Recording sessions in progress")
+    capacity: int | None = Field(None, description="Sessions the usable nodes take in all")
+    freeCapacity: int | None = Field(None, description="Sessions they can still take (the "
+                                                       "nodes whose status is ok)")
+    nodes: list[RecorderNode] | None = None
 
 
 class HealthOut(Out):

@@ -1,9 +1,17 @@
 """Benchmark the recorder: memory (PSS) and CPU of ONE `python -m recorder` process and its
 whole process tree (Playwright driver, Chromium browser, zygotes, renderers, utility
-processes) with 1, 5, 10 and 20 concurrent `tone:<hz>` recordings, against the idle
-baseline, and how much audio each recording lost against the wall time it ran.
+processes) with 1, 5, 10, 20 and 40 concurrent `tone:<hz>` recordings, against the idle
+baseline, and how much audio each recording lost against the wall time it ran; checked
+against issue 13's targets (at 20 sessions <= 800 MB and <= 50 % of 2 cores, at 40
+<= 1400 MB and <= 75 %, no recording losing more than 0.1 s).
 
-    .venv/bin/python -m bench.recorder [--sessions 1,5,10,20] [--settle 15] [--window 10]
+    .venv/bin/python -m bench.recorder [--sessions 1,5,10,20,40] [--settle 15] [--window 10]
+        [--env RECORDER_SESSIONS_PER_CONTEXT=10 ...]
+        [--baseline-root <a worktree of main> --baseline-sessions 20,40]
+
+`--env` sets recorder settings for the run (to compare them); `--baseline-root` first runs
+the recorder of another checkout (the code before a change) at `--baseline-sessions` in
+the same run, for the ratios.
 
 Per level: start N sessions (one after the other, each with its own frequency), let them
 record for --settle seconds, then measure over --window seconds: PSS (`Pss:` of
@@ -11,8 +19,8 @@ record for --settle seconds, then measure over --window seconds: PSS (`Pss:` of
 shared pages once per process) and CPU (utime+stime+cutime+cstime of the tree from
 `/proc/<pid>/stat`, delta over the window / wall / nproc). Then every session is stopped at
 once (the stop runs the real pipeline: remux, WAV, upload to the Storage emulator,
-Firestore emulator) and each WebM is decoded: loss = wall time between the 201 of its start
-and the sending of its stop - decoded duration. The page starts recording before the 201
+Firestore emulator) and each stored WAV is decoded from Storage: loss = wall time between
+the 201 of its start and the sending of its stop - decoded duration. The page starts recording before the 201
 and stops after the stop request arrives, so this loss is a lower bound.
 
 PSS splits shared pages over every process mapping them machine-wide, so another Chromium
@@ -27,6 +35,7 @@ removes its recordings.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -199,7 +208,9 @@ class Recorder:
         return sorted(pid for pid, _ in alive)
 
 
-def start_recorder(workdir: Path, emulators: Emulators) -> Recorder:
+def start_recorder(workdir: Path, emulators: Emulators, *, root: Path = ROOT,
+                   extra_env: dict | None = None) -> Recorder:
+    """`python -m recorder` from the checkout at `root` (another one for a baseline)."""
     port, secret = free_port(), secrets.token_urlsafe(24)
     env = {**os.environ, **emulators.env(),
            # Production-like Django settings for the pipeline (debug off, throwaway secrets).
@@ -208,11 +219,16 @@ def start_recorder(workdir: Path, emulators: Emulators) -> Recorder:
            "AUTH_MODE": "firebase", "LOG_DIR": str(workdir), "LOG_LEVEL": "WARNING",
            "RECORDER_HOST": "127.0.0.1", "RECORDER_PORT": str(port),
            "RECORDER_SECRET": secret, "RECORDINGS_DIR": str(workdir / "recordings"),
-           "PYTHONPATH": str(ROOT)}
+           # the page's Agora bundle from this checkout (a baseline's may have none)
+           "RECORDER_AGORA_SDK_PATH": str(ROOT / "recorder" / "node_modules" / "agora-rtc-sdk-ng"
+                                          / "AgoraRTC_N-production.js"),
+           "PYTHONPATH": str(root)}
     for name in ("DJANGO_SETTINGS_MODULE", "RECORDER_ALLOW_NO_SECRET", "RECORDER_MAX_SECONDS"):
         env.pop(name, None)
-    log = workdir / "recorder.log"
-    proc = spawn([sys.executable, "-m", "recorder"], log_path=log, env=env)
+    env.update(extra_env or {})
+    log = workdir / f"recorder-{port}.log"
+    # -P: the recorder package comes from PYTHONPATH (`root`), not from the current directory.
+    proc = spawn([sys.executable, "-P", "-m", "recorder"], log_path=log, env=env)
     recorder = Recorder(base=f"http://127.0.0.1:{port}", secret=secret, proc=proc, log=log)
     wait_until(lambda: _http_ok(f"{recorder.base}/health"), timeout=60, what="recorder",
                proc=proc, log_path=log)
@@ -262,8 +278,8 @@ def measure(recorder: Recorder, *, window: float, every: float = 2.0) -> dict:
                           for k in sorted({k for s in by_kind for k in s})}}
 
 
-def decoded_seconds(path: Path) -> float | None:
-    """Decode the whole file to null; the last `time=` is the audio's duration."""
+def decoded_seconds(path: Path | str) -> float | None:
+    """Decode the whole file (or URL) to null; the last `time=` is the audio's duration."""
     result = subprocess.run(["ffmpeg", "-nostdin", "-i", str(path), "-f", "null", "-"],
                             capture_output=True, text=True, timeout=120, check=False)
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
@@ -271,24 +287,6 @@ def decoded_seconds(path: Path) -> float | None:
         return None
     h, m, s = times[-1]
     return int(h) * 3600 + int(m) * 60 + float(s)
-
-
-def packet_seconds(path: Path) -> tuple[float, float]:
-    """(sum of packet durations, span first pts .. last pts + duration) from ffprobe."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                          "packet=pts_time,duration_time", "-of", "csv=p=0", str(path)],
-                         capture_output=True, text=True, timeout=120, check=False).stdout
-    total, first, end = 0.0, None, None
-    for line in out.splitlines():
-        parts = [p for p in line.strip().split(",") if p]
-        try:
-            pts, dur = float(parts[0]), float(parts[1])
-        except (ValueError, IndexError):
-            continue
-        total += dur
-        first = pts if first is None else min(first, pts)
-        end = pts + dur if end is None else max(end, pts + dur)
-    return total, (end - first) if first is not None else 0.0
 
 
 # -- one level ----------------------------------------------------------------------------
@@ -325,26 +323,31 @@ def stop_sessions(recorder: Recorder, sessions: list[dict]) -> list[dict]:
 
 
 def check_recordings(stopped: list[dict]) -> dict:
+    """Decode each stored WAV from Storage (the recorder removes its local media once a
+    recording is stored): loss = wall time recorded - decoded duration."""
     losses, details = [], []
     for s in stopped:
-        path = Path(s["path"])
+        url = (s.get("firebase") or {}).get("url")
         wall = s["t_stop_sent"] - s["t_started"]
-        decoded = decoded_seconds(path)
-        content, span = packet_seconds(path)
+        decoded = decoded_seconds(url) if url else None
         if decoded is None:
             losses.append(wall)
         else:
             losses.append(wall - decoded)
-        details.append({"hz": s["hz"], "wall": wall, "decoded": decoded, "packets": content,
-                        "span": span, "wav_s": (s.get("duration") or 0) / 1000,
+        details.append({"hz": s["hz"], "wall": wall, "decoded": decoded,
+                        "wav_s": (s.get("duration") or 0) / 1000,
                         "status": s.get("status"), "format": s.get("format"),
-                        "chunks": s.get("chunks")})
+                        "error": s.get("error"), "chunks": s.get("chunks")})
     return {"worst_loss": max(losses), "best_loss": min(losses),
             "mean_loss": statistics.mean(losses),
-            "worst_packet_loss": max(d["wall"] - d["packets"] for d in details),
+            "worst_packet_loss": max(d["wall"] - d["wav_s"] for d in details),
             "not_stored": sum(1 for d in details if d["status"] != "stopped"
                               or d["format"] != "wav"),
             "undecodable": sum(1 for d in details if d["decoded"] is None),
+            # what the stops answered for those not stored as WAV: {status/format/error: n}
+            "outcomes": dict(collections.Counter(
+                f"{d['status']}/{d['format']}/{d['error']}" for d in details
+                if d["status"] != "stopped" or d["format"] != "wav")),
             "details": details}
 
 
@@ -379,77 +382,81 @@ def chromium_version() -> str:
     return "unknown"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", default="1,5,10,20", help="levels, comma-separated")
-    parser.add_argument("--settle", type=float, default=15.0,
-                        help="seconds of steady recording before the window (default 15)")
-    parser.add_argument("--window", type=float, default=10.0,
-                        help="measurement window in seconds (default 10)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = parser.parse_args()
-    levels = [int(x) for x in args.sessions.split(",") if x.strip()]
-    for tool in ("chromium", "ffmpeg", "ffprobe"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"bench.recorder needs {tool} (apt-get install chromium ffmpeg)")
+# Issue 13's targets for one node: level -> (max PSS MB, max CPU % of 2 cores); and no
+# recording may lose more than MAX_LOSS_S at any level.
+TARGETS = {20: (800, 50), 40: (1400, 75)}
+MAX_LOSS_S = 0.1
 
-    began = time.monotonic()
-    began_utc = dt.datetime.now(dt.UTC)
-    workdir = Path(tempfile.mkdtemp(prefix="memharbor-bench-recorder-"))
-    emulators = Emulators(project_id=PROJECT_ID, bucket=f"{PROJECT_ID}.appspot.com",
-                          log_dir=workdir)
-    recorder = None
-    results: list[dict] = []
-    try:
-        emulators.start()
-        recorder = start_recorder(workdir, emulators)
-        print(f"recorder up ({time.monotonic() - began:.1f} s); warming up", file=sys.stderr,
-              flush=True)
-        # Warm-up: the browser is up and the pipeline (Django, Firebase clients) is loaded.
-        warm = start_sessions(recorder, 1, tag="warmup")
-        time.sleep(3)
-        warmed = stop_sessions(recorder, warm)[0]
-        if warmed.get("status") != "stopped":
-            raise SystemExit(f"the warm-up recording was not stored: {warmed}")
-        time.sleep(2)
-        idle = measure(recorder, window=args.window)
-        idle.update(n=0)
-        print(f"idle: {idle['pss_mb']:.0f} MB PSS (samples "
-              f"{' '.join(f'{x:.0f}' for x in idle['samples_mb'])}), "
-              f"{idle['cpu_pct']:.1f} % CPU",
+
+def run_config(label: str, recorder: Recorder, levels: list[int], *, settle: float,
+               window: float, began: float) -> tuple[dict, list[dict]]:
+    """Warm up, measure idle, then each level on one recorder."""
+    print(f"[{label}] recorder up ({time.monotonic() - began:.1f} s); warming up",
+          file=sys.stderr, flush=True)
+    # Warm-up: the browser is up and the pipeline (Firebase clients) is loaded.
+    warm = start_sessions(recorder, 1, tag=f"warmup{label}")
+    time.sleep(3)
+    warmed = stop_sessions(recorder, warm)[0]
+    if warmed.get("status") != "stopped":
+        raise SystemExit(f"the warm-up recording was not stored: {warmed}")
+    time.sleep(2)
+    idle = measure(recorder, window=window)
+    idle.update(n=0)
+    print(f"[{label}] idle: {idle['pss_mb']:.0f} MB PSS, {idle['cpu_pct']:.1f} % CPU; "
+          + ", ".join(f"{k} {c}x {mb:.0f}" for k, (c, mb) in idle["breakdown"].items()),
+          file=sys.stderr, flush=True)
+    results = []
+    for n in levels:
+        result = run_level(recorder, n, settle=settle, window=window)
+        results.append(result)
+        print(f"[{label}] {n} sessions: {result['pss_mb']:.0f} MB PSS (samples "
+              f"{' '.join(f'{x:.0f}' for x in result['samples_mb'])}), "
+              f"{result['cpu_pct']:.1f} % CPU, worst loss {result['worst_loss']:.2f} s, "
+              f"load {result['load1']:.2f} ({time.monotonic() - began:.0f} s elapsed); "
+              + ", ".join(f"{k} {c}x {mb:.0f}" for k, (c, mb) in result["breakdown"].items()),
               file=sys.stderr, flush=True)
-        for n in levels:
-            result = run_level(recorder, n, settle=args.settle, window=args.window)
-            results.append(result)
-            print(f"{n} sessions: {result['pss_mb']:.0f} MB PSS (samples "
-                  f"{' '.join(f'{x:.0f}' for x in result['samples_mb'])}), "
-                  f"{result['cpu_pct']:.1f} % CPU, "
-                  f"worst loss {result['worst_loss']:.2f} s "
-                  f"({time.monotonic() - began:.0f} s elapsed)", file=sys.stderr, flush=True)
-    finally:
-        leftovers: list[int] = []
-        if recorder is not None:
-            # SIGTERM to the recorder only, as Docker does: it stops its sessions and closes
-            # Chromium itself. Then its process group, then whatever the tree left behind.
-            with contextlib.suppress(ProcessLookupError):
-                recorder.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                recorder.proc.wait(timeout=60)
-            stop(recorder.proc, grace=10)
-            time.sleep(0.5)
-            leftovers = recorder.kill_leftovers()
-        emulators.stop()
-        if leftovers:
-            print(f"killed leftover processes: {leftovers}", file=sys.stderr)
-        if args.keep:
-            print(f"work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    total = time.monotonic() - began
+    return idle, results
 
-    info = machine_info()
+
+def shut(recorder: Recorder | None) -> list[int]:
+    """SIGTERM to the recorder only, as Docker does: it stops its sessions and closes
+    Chromium itself. Then its process group, then whatever the tree left behind."""
+    if recorder is None:
+        return []
+    with contextlib.suppress(ProcessLookupError):
+        recorder.proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        recorder.proc.wait(timeout=60)
+    stop(recorder.proc, grace=10)
+    time.sleep(0.5)
+    return recorder.kill_leftovers()
+
+
+def verdicts(results: list[dict]) -> list[str]:
+    """The targets, checked level by level, and the first level where one breaks."""
+    lines, first = [], None
+    for r in results:
+        broken = []
+        if r["worst_loss"] > MAX_LOSS_S:
+            broken.append(f"loss {r['worst_loss']:.2f} s > {MAX_LOSS_S} s")
+        if r["n"] in TARGETS:
+            pss, cpu = TARGETS[r["n"]]
+            if r["pss_mb"] > pss:
+                broken.append(f"PSS {r['pss_mb']:.0f} MB > {pss} MB")
+            if r["cpu_pct"] > cpu:
+                broken.append(f"CPU {r['cpu_pct']:.1f} % > {cpu} %")
+        if broken and first is None:
+            first = r["n"]
+        lines.append(f"- {r['n']} sessions: " + ("; ".join(broken) if broken else "within "
+                     + (f"<= {TARGETS[r['n']][0]} MB, <= {TARGETS[r['n']][1]} % and "
+                        if r["n"] in TARGETS else "") + f"loss <= {MAX_LOSS_S} s"))
+    lines.append(f"- first level where a target breaks: {first if first else 'none'}")
+    return lines
+
+
+def table(idle: dict, results: list[dict]) -> list[str]:
     per_session = lambda r: (r["pss_mb"] - idle["pss_mb"]) / r["n"]  # noqa: E731
-    table = [
+    rows = [
         "| sessions | PSS total MB | PSS per session above idle MB | CPU % of "
         f"{NPROC} cores | worst recording loss s | renderers | contexts |",
         "|---|---|---|---|---|---|---|",
@@ -457,31 +464,16 @@ def main() -> None:
         f"| {idle['breakdown'].get('renderer', (0, 0))[0]} | 0 |",
     ]
     for r in results:
-        table.append(f"| {r['n']} | {r['pss_mb']:.0f} | {per_session(r):.1f} "
-                     f"| {r['cpu_pct']:.1f} | {r['worst_loss']:.2f} "
-                     f"| {r['breakdown'].get('renderer', (0, 0))[0]} | {r['contexts']} |")
+        rows.append(f"| {r['n']} | {r['pss_mb']:.0f} | {per_session(r):.1f} "
+                    f"| {r['cpu_pct']:.1f} | {r['worst_loss']:.2f} "
+                    f"| {r['breakdown'].get('renderer', (0, 0))[0]} | {r['contexts']} |")
+    return rows
+
+
+def details(idle: dict, results: list[dict]) -> list[str]:
     lines = [
-        f"Command: `.venv/bin/python -m bench.recorder --sessions {args.sessions} "
-        f"--settle {args.settle:g} --window {args.window:g}`",
-        "",
-        f"Machine: {info['nproc']} cores ({info['cpu']}), {info['mem']} RAM, Python "
-        f"{info['python']}, {chromium_version()}; {began_utc:%Y-%m-%d %H:%M} UTC; "
-        f"run took {total:.0f} s.",
-        "",
-        *table,
-        "",
-        "PSS: mean of samples every 2 s over the window, summed over the recorder and every "
-        "descendant (Playwright driver, Chromium browser, zygotes, renderers, utility "
-        "processes). CPU: utime+stime (+ reaped children) of the same tree over the window / "
-        f"wall / {NPROC}. Loss: wall time from the start's 201 to the stop request minus the "
-        "decoded duration of the WebM (a lower bound; worst session of the level).",
-        "",
-        "USS (private pages only, not shared with anything) and the checks behind the "
-        "table; \"other Chromium\" counts Chromium processes outside our tree during the "
-        "window (their shared pages lower our PSS; 0 means a clean measurement).",
-        "",
         "| sessions | USS MB | PSS max MB | loss min / mean / worst s "
-        "| worst wall - packet sum s | stored as WAV | start slowest s "
+        "| worst wall - WAV duration (pipeline's) s | stored as WAV | start slowest s "
         "| stop all (pipeline incl.) s | load avg 1 min | other Chromium |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| 0 | {idle['uss_mb']:.0f} | {idle['pss_max_mb']:.0f} | - | - | - | - | - "
@@ -494,11 +486,129 @@ def main() -> None:
                      f"| {r['worst_packet_loss']:.2f} | {r['n'] - r['not_stored']}/{r['n']} "
                      f"| {r['start_max_s']:.2f} | {r['stop_all_s']:.1f} | {r['load1']:.2f} "
                      f"| {r['foreign_chromium']} |")
+    lines += [f"- {r['n']} sessions not stored as WAV: {r['outcomes']}" for r in results
+              if r["outcomes"]]
     lines += ["", "PSS by process kind (most processes at once, mean MB over the window):",
               ""]
     for r in [idle, *results]:
         parts = ", ".join(f"{k} {c}x {mb:.0f}" for k, (c, mb) in r["breakdown"].items())
         lines.append(f"- {r['n']} sessions: {parts}")
+    return lines
+
+
+def _env_pairs(values: list[str]) -> dict:
+    pairs = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep:
+            raise SystemExit(f"--env/--baseline-env take NAME=VALUE, not {value!r}")
+        pairs[name] = setting
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", default="1,5,10,20,40", help="levels, comma-separated")
+    parser.add_argument("--settle", type=float, default=15.0,
+                        help="seconds of steady recording before the window (default 15)")
+    parser.add_argument("--window", type=float, default=10.0,
+                        help="measurement window in seconds (default 10)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a recorder setting for this run (repeatable)")
+    parser.add_argument("--baseline-root", type=Path,
+                        help="first measure the recorder of this other checkout (e.g. a "
+                             "worktree of main) at --baseline-sessions, for the ratios")
+    parser.add_argument("--baseline-sessions", default="20,40")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.sessions.split(",") if x.strip()]
+    base_levels = [int(x) for x in args.baseline_sessions.split(",") if x.strip()]
+    for tool in ("chromium", "ffmpeg", "ffprobe"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench.recorder needs {tool} (apt-get install chromium ffmpeg)")
+    extra = {"RECORDER_MAX_SESSIONS": str(max(levels)), **_env_pairs(args.env)}
+    base_extra = {"RECORDER_MAX_SESSIONS": str(max(base_levels or [1])),
+                  **_env_pairs(args.baseline_env)}
+
+    began = time.monotonic()
+    began_utc = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="memharbor-bench-recorder-"))
+    emulators = Emulators(project_id=PROJECT_ID, bucket=f"{PROJECT_ID}.appspot.com",
+                          log_dir=workdir)
+    recorder = None
+    baseline: tuple[dict, list[dict]] | None = None
+    leftovers: list[int] = []
+    try:
+        emulators.start()
+        if args.baseline_root:
+            recorder = start_recorder(workdir / "baseline", emulators,
+                                      root=args.baseline_root.resolve(), extra_env=base_extra)
+            baseline = run_config("baseline", recorder, base_levels, settle=args.settle,
+                                  window=args.window, began=began)
+            leftovers += shut(recorder)
+            recorder = None
+        recorder = start_recorder(workdir, emulators, extra_env=extra)
+        idle, results = run_config("this", recorder, levels, settle=args.settle,
+                                   window=args.window, began=began)
+    finally:
+        leftovers += shut(recorder)
+        emulators.stop()
+        if leftovers:
+            print(f"killed leftover processes: {leftovers}", file=sys.stderr)
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total = time.monotonic() - began
+
+    info = machine_info()
+    command = (f"Command: `.venv/bin/python -m bench.recorder --sessions {args.sessions} "
+               f"--settle {args.settle:g} --window {args.window:g}"
+               + "".join(f" --env {e}" for e in args.env)
+               + (f" --baseline-root <worktree of the baseline> --baseline-sessions "
+                  f"{args.baseline_sessions}" if args.baseline_root else "")
+               + "".join(f" --baseline-env {e}" for e in args.baseline_env) + "`")
+    lines = [
+        command,
+        "",
+        f"Machine: {info['nproc']} cores ({info['cpu']}), {info['mem']} RAM, Python "
+        f"{info['python']}, {chromium_version()}; {began_utc:%Y-%m-%d %H:%M} UTC; "
+        f"run took {total:.0f} s; load average before {load_before[0]:.2f} / "
+        f"{load_before[1]:.2f} / {load_before[2]:.2f} (1 / 5 / 15 min).",
+        f"Recorder settings: {', '.join(f'{k}={v}' for k, v in extra.items())}.",
+        "",
+        *table(idle, results),
+        "",
+        "PSS: mean of samples every 2 s over the window, summed over the recorder and every "
+        "descendant (Playwright driver, Chromium browser, zygotes, renderers, utility "
+        "processes). CPU: utime+stime (+ reaped children) of the same tree over the window / "
+        f"wall / {NPROC} (the tree's own CPU time, not the machine's). Loss: wall time from "
+        "the start's 201 to the stop request minus the decoded duration of the stored WAV (a lower "
+        "bound; worst session of the level).",
+        "",
+        "Targets (issue 13):",
+        "",
+        *verdicts(results),
+    ]
+    if baseline is not None:
+        base_idle, base_results = baseline
+        by_n = {r["n"]: r for r in results}
+        lines += ["", "Baseline (the other checkout, same run, settings "
+                  f"{', '.join(f'{k}={v}' for k, v in base_extra.items())}):", "",
+                  *table(base_idle, base_results), "",
+                  "| sessions | PSS this / baseline | CPU this / baseline |", "|---|---|---|"]
+        for r in base_results:
+            if r["n"] in by_n:
+                lines.append(f"| {r['n']} | {by_n[r['n']]['pss_mb'] / r['pss_mb']:.2f} "
+                             f"| {by_n[r['n']]['cpu_pct'] / max(r['cpu_pct'], 0.01):.2f} |")
+        lines += ["", "Baseline details:", "", *details(base_idle, base_results)]
+    lines += ["",
+              "USS (private pages only, not shared with anything) and the checks behind the "
+              "table; \"other Chromium\" counts Chromium processes outside our tree during the "
+              "window (their shared pages lower our PSS; 0 means a clean measurement).", "",
+              *details(idle, results)]
     print("\n".join(lines))
 
 

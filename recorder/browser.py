@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from .config import CHROMIUM_ARGS
+from .config import CHROMIUM_ARGS, DRIVER_NODE_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,10 @@ class Shard:
 class BrowserPool:
     def __init__(self, *, executable_path: str, per_context: int,
                  on_disconnected: Callable[[], None] | None = None,
-                 devtools_port: int | None = None):
+                 devtools_port: int | None = None, extra_args: tuple[str, ...] = ()):
         self.executable_path = executable_path
         # RECORDER_DEVTOOLS_PORT: Chromium's DevTools on loopback, for tests and debugging.
-        self.args = list(CHROMIUM_ARGS) + (
+        self.args = list(CHROMIUM_ARGS) + list(extra_args) + (
             [f"--remote-debugging-port={devtools_port}"] if devtools_port else [])
         self.per_context = per_context
         self.on_disconnected = on_disconnected
@@ -56,6 +57,8 @@ class BrowserPool:
             if self.up:
                 return self._browser
             if self._playwright is None:
+                # The driver is started with this process's environment.
+                os.environ.setdefault("NODE_OPTIONS", DRIVER_NODE_OPTIONS)
                 self._playwright = await async_playwright().start()
             log.info("launching chromium %s", self.executable_path)
             browser = await self._playwright.chromium.launch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,15 @@ CHROMIUM_ARGS = (
     # Pages of one context share a renderer (sessions are sharded over a few contexts, so
     # a renderer crash ends only its shard): 20 sessions 986 MB PSS instead of 1245 MB.
     "--process-per-site",
+    # Less memory for an audio-only page (BENCHMARKS.md): no separate GPU process (there
+    # is no GPU; compositing is software anyway) and no spare renderer kept warm.
+    "--in-process-gpu",
+    "--disable-site-isolation-trials",
 )
+
+# Playwright's Node driver only relays DevTools messages: an interpreter and a small young
+# generation are enough (about 25 MB less). A NODE_OPTIONS of the environment wins.
+DRIVER_NODE_OPTIONS = "--jitless --max-semi-space-size=1"
 
 
 HERE = Path(__file__).resolve().parent
@@ -50,9 +59,12 @@ class Settings:
     node_url: str | None = None
     max_sessions: int = 20
     heartbeat_seconds: float = 10
-    sessions_per_context: int = 5
+    sessions_per_context: int = 10
     audio_bits_per_second: int = 32000
     timeslice_ms: int = 1000
+    audio_sample_rate: int = 16000  # 0: the browser's own (48 kHz)
+    audio_latency: str = "balanced"
+    chromium_extra_args: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,27 +86,46 @@ class Settings:
             agora_app_id=os.environ.get("AGORA_APP_ID", "").strip(),
             fixtures_dir=(Path(os.environ["RECORDER_FIXTURES_DIR"]).resolve()
                           if os.environ.get("RECORDER_FIXTURES_DIR") else None),
-            sessions_per_context=int(env_number("RECORDER_SESSIONS_PER_CONTEXT", 5)),
+            sessions_per_context=int(env_number("RECORDER_SESSIONS_PER_CONTEXT", 10)),
             agora_sdk_path=_agora_sdk_path(),
             api_url=os.environ.get("RECORDER_API_URL", "").strip().rstrip("/") or None,
             devtools_port=(int(env_number("RECORDER_DEVTOOLS_PORT", 1))
                            if os.environ.get("RECORDER_DEVTOOLS_PORT", "").strip() else None),
             max_sessions=int(env_number("RECORDER_MAX_SESSIONS", 20)),
             heartbeat_seconds=env_number("RECORDER_HEARTBEAT_SECONDS", 10),
+            audio_bits_per_second=int(env_number("RECORDER_AUDIO_BITS_PER_SECOND", 32000)),
+            audio_sample_rate=int(env_number("RECORDER_AUDIO_SAMPLE_RATE", 16000)),
+            audio_latency=_choice("RECORDER_AUDIO_LATENCY", ("interactive", "balanced",
+                                                             "playback"), "balanced"),
+            chromium_extra_args=tuple(shlex.split(
+                os.environ.get("RECORDER_CHROMIUM_EXTRA_ARGS", ""))),
             **_node(),
         )
 
 
+def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(name, "").strip() or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 def _node() -> dict:
     """With RECORDER_NODE_ID set, this recorder registers in Firestore `recorderNodes` at
-    RECORDER_NODE_URL (default http://RECORDER_HOST:RECORDER_PORT); otherwise it does not
-    (the API then reaches it through RECORDER_SERVICE_URL alone)."""
+    RECORDER_NODE_URL (default http://RECORDER_HOST:RECORDER_PORT; `{hostname}` and `{ip}`
+    in it are this host's name and address, for replicas started from one definition);
+    otherwise it does not (the API then reaches it through RECORDER_SERVICE_URL alone)."""
     node_id = os.environ.get("RECORDER_NODE_ID", "").strip()
     if not node_id:
         return {}
     if node_id == "auto":
         node_id = f"{socket.gethostname()}-{int(env_number('RECORDER_PORT', 3100))}"
     url = os.environ.get("RECORDER_NODE_URL", "").strip().rstrip("/")
+    if "{hostname}" in url or "{ip}" in url:  # replicas of one service: each its own URL
+        hostname = socket.gethostname()
+        url = url.replace("{hostname}", hostname)
+        if "{ip}" in url:
+            url = url.replace("{ip}", socket.gethostbyname(hostname))
     if not url:
         host = os.environ.get("RECORDER_HOST", "127.0.0.1")
         if host in ("0.0.0.0", "::", ""):

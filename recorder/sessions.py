@@ -144,7 +144,8 @@ class RecorderService:
         self.pool = BrowserPool(executable_path=settings.chromium_path,
                                 per_context=settings.sessions_per_context,
                                 on_disconnected=self._browser_lost,
-                                devtools_port=settings.devtools_port)
+                                devtools_port=settings.devtools_port,
+                                extra_args=settings.chromium_extra_args)
         self._sessions: dict[str, Session] = {}
         self._processing: dict[str, Session] = {}  # stopped, its media pipeline running
         self._finished: dict[str, dict] = {}
@@ -213,7 +214,9 @@ class RecorderService:
                       "uid": uid, "token": token, "appId": self.settings.agora_app_id,
                       "joinTimeoutMs": int(self.settings.join_timeout_seconds * 1000),
                       "audioBitsPerSecond": self.settings.audio_bits_per_second,
-                      "timesliceMs": self.settings.timeslice_ms}
+                      "timesliceMs": self.settings.timeslice_ms,
+                      "sampleRate": self.settings.audio_sample_rate or None,
+                      "latencyHint": self.settings.audio_latency}
             answer = await asyncio.wait_for(
                 session.page.evaluate("cfg => window.recorderStart(cfg)", config),
                 timeout=self.settings.join_timeout_seconds + 15)

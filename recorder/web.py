@@ -65,6 +65,8 @@ async def health(request: web.Request) -> web.Response:
     disk = await asyncio.to_thread(disk_usage, service.settings.recordings_dir)
     return web.json_response({"status": "ok", "browser": "up" if service.pool.up else "down",
                               "sessions": len(service.sessions_active()),
+                              "capacity": service.settings.max_sessions,
+                              "nodeId": service.settings.node_id,
                               "contexts": service.pool.context_count, "disk": disk})
 
 
@@ -158,19 +160,23 @@ async def agora_bundle(request: web.Request) -> web.FileResponse:
 
 
 async def recordings_retry(request: web.Request) -> web.Response:
-    """Retry the uploads that failed (the API's sweep calls this), or only the one named
-    by `{"sid": ...}` (the API's retry-upload); answers at once with how many."""
+    """Retry the uploads that failed (the API's sweep without RECORDER_NODES), or only those
+    named by `{"sid": ...}` (the API's retry-upload) or `{"sids": [...]}` (the sweep over
+    several nodes, each sent the recordings it holds); answers at once with how many."""
     _require_secret(request)
     service = request.app[SERVICE]
-    only = None
+    only: set | None = None
     if request.can_read_body:
         try:
-            only = (await request.json()).get("sid")
-        except (ValueError, AttributeError):
-            raise BadRequest("the body must be a JSON object like {\"sid\": \"...\"}") from None
+            body = await request.json()
+            only = ({body["sid"]} if body.get("sid") is not None
+                    else set(body["sids"]) if body.get("sids") is not None else None)
+        except (ValueError, AttributeError, TypeError):
+            raise BadRequest("the body must be a JSON object like {\"sid\": \"...\"} or "
+                             "{\"sids\": [...]}") from None
     failed = [item for item in
               pipeline.recordings_to_retry(service.settings.recordings_dir, states=("failed",))
-              if only is None or item["sid"] == only]
+              if only is None or item["sid"] in only]
 
     async def retry_all():
         for item in failed:

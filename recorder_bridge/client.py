@@ -5,7 +5,9 @@
 Over several nodes each operation goes where it belongs: a new session to the node with the
 most room (the next one when a node answers `recorder_busy`), a session's own paths to the
 node holding it, the session list merged from all, the retry of one recording to the node
-that recorded it (its `recorderNode`), the sweep's retry to all (each retries its own)."""
+that recorded it (its `recorderNode`), the sweep's retries to the node holding each failed
+recording (`recorder_bridge.services`); a node that does not answer is skipped where the
+others can answer for it (the session list, a retry of unknown origin)."""
 
 from __future__ import annotations
 
@@ -61,18 +63,16 @@ def recorder_call(method: str, path: str, *, json: dict | None = None,
     if len(urls) == 1:
         return _request(urls[0], method, path, json=json, timeout=timeout)
     if method == "GET" and path == "/sessions":
-        sessions = []
-        for url in urls:
-            try:
-                sessions += _request(url, method, path, json=json, timeout=timeout)["sessions"]
-            except RecorderUnavailable:
-                log.warning("recorder_node_unreachable", url=url)
-        return {"sessions": sessions}
+        return {"sessions": [session for answer in _on_each(urls, method, path, json=json,
+                                                            timeout=timeout)
+                             for session in answer["sessions"]]}
     if path == "/recordings/retry":
         holder = placement.recorder_url_of_recording((json or {}).get("sid"))
-        return {"retrying": sum(int(_request(url, method, path, json=json, timeout=timeout)
-                                    .get("retrying") or 0) for url in ([holder] if holder
-                                                                       else urls))}
+        if holder:
+            return _request(holder, method, path, json=json, timeout=timeout)
+        return {"retrying": sum(int(answer.get("retrying") or 0)
+                                for answer in _on_each(urls, method, path, json=json,
+                                                       timeout=timeout))}
     if _SESSION_PATH.match(path):
         not_found: AppError | None = None
         unreachable: AppError | None = None
@@ -87,6 +87,28 @@ def recorder_call(method: str, path: str, *, json: dict | None = None,
                 not_found = exc
         raise not_found or unreachable
     return _request(urls[0], method, path, json=json, timeout=timeout)
+
+
+def _on_each(urls: list[str], method: str, path: str, *, json: dict | None,
+             timeout: float) -> list[dict]:
+    """The answers of the nodes that answer; an unreachable node is skipped (and logged).
+    RecorderUnavailable when none answers."""
+    answers, unreachable = [], None
+    for url in urls:
+        try:
+            answers.append(_request(url, method, path, json=json, timeout=timeout))
+        except RecorderUnavailable as exc:
+            log.warning("recorder_node_unreachable", url=url)
+            unreachable = exc
+    if unreachable is not None and not answers:
+        raise unreachable
+    return answers
+
+
+def recorder_call_at(url: str, method: str, path: str, *, json: dict | None = None,
+                     timeout: float = 10.0) -> dict:
+    """`method path` on the one recorder at `url` (a node placement chose)."""
+    return _request(url, method, path, json=json, timeout=timeout)
 
 
 def _start(*, json: dict | None, timeout: float) -> dict:

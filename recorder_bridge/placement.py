@@ -3,9 +3,12 @@ Firestore `recorderNodes`, a new session going to the one with the most free cap
 
 from __future__ import annotations
 
+from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
+
 from django.conf import settings
 
-from core.clock import utc_now
+from core.clock import iso, utc_now
 from core.errors import RecorderBusy, RecorderUnavailable
 from recordings import nodes, store
 
@@ -48,13 +51,56 @@ def recorder_urls_for_new_session() -> list[str]:
 
 
 def recorder_url_of_recording(sid: str | None) -> str | None:
-    """The healthy node that recorded `sid` (the document's `recorderNode`; its files are
-    there), or None when that is not known (then every node is asked)."""
+    """The node that recorded `sid` (the document's `recorderNode`; its files are there),
+    or None when that is not known (then every node is asked). 503 recorder_unavailable
+    when that node is not healthy: no other node has the files."""
     if not settings.RECORDER_NODES or not sid:
         return None
     node_id = (store.recording_read(sid) or {}).get("recorderNode")
-    try:
-        healthy = _healthy()
-    except RecorderUnavailable:
+    if not node_id:
         return None
-    return next((node["url"] for node in healthy if node["nodeId"] == node_id), None)
+    url = recorder_node_urls().get(node_id)
+    if url is None:
+        raise RecorderUnavailable(f"The recorder node {node_id} that holds this recording "
+                                  "is not healthy (no recent heartbeat).")
+    return url
+
+
+def recorder_node_urls() -> dict[str, str]:
+    """nodeId -> URL of every healthy node ({} when none is)."""
+    try:
+        return {node["nodeId"]: node["url"] for node in _healthy()}
+    except RecorderUnavailable:
+        return {}
+
+
+def url_public(url: str) -> str:
+    """`url` without credentials, query or fragment (what health may show)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def recorder_nodes_listed() -> list[tuple[dict, str]]:
+    """Every registered node, by node id, as health shows it (`nodeId`, `url` without
+    credentials, `capacity`, `sessions`, `free`, `healthy`: a heartbeat within three
+    RECORDER_HEARTBEAT_SECONDS, `heartbeatAt`, `heartbeatAgeSeconds`) with the URL it is
+    reached at."""
+    now = utc_now()
+    listed = []
+    for node in sorted(nodes.nodes_all(), key=lambda n: str(n.get("nodeId"))):
+        capacity, sessions = int(node.get("capacity") or 0), int(node.get("sessions") or 0)
+        beat = node.get("heartbeatAt")
+        listed.append(({
+            "nodeId": node.get("nodeId"), "url": url_public(node.get("url") or ""),
+            "capacity": capacity, "sessions": sessions, "free": max(capacity - sessions, 0),
+            "healthy": bool(node.get("url")) and nodes.node_healthy(
+                node, now=now, heartbeat_seconds=settings.RECORDER_HEARTBEAT_SECONDS),
+            "heartbeatAt": iso(beat) if beat else None,
+            "heartbeatAgeSeconds": (round((now - beat).total_seconds(), 1)
+                                    if isinstance(beat, datetime) else None)},
+                       node.get("url") or ""))
+    return listed

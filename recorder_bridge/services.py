@@ -22,8 +22,8 @@ from core.errors import (
     RecordingNotFound,
 )
 from core.principal import Principal
-from recorder_bridge import claims
-from recorder_bridge.client import recorder_call
+from recorder_bridge import claims, placement
+from recorder_bridge.client import recorder_call, recorder_call_at
 from recorder_bridge.placement import recorder_configured
 from recorder_bridge.tokens import recorder_token_build
 from recordings import store
@@ -36,6 +36,7 @@ _STOP_LATER_TIMEOUT = 5.0
 _CLAIM_MARGIN = 30.0  # seconds past the start timeout before a "starting" claim is stale
 _CLAIM_POLL_SECONDS = 0.2  # how often a start waiting for another start looks again
 _STOP_ANSWER_MARGIN = 5.0  # seconds the recorder may take past the wait to answer
+_RETRY_BATCH = 100  # failed recordings one sweep sends to the nodes (the rest next time)
 
 
 def _participant(call: dict | None, principal: Principal) -> bool:
@@ -185,13 +186,44 @@ def recordings_stop_of_final_calls() -> dict:
 
 
 def recordings_retry_failed() -> dict:
-    """The sweep's part: ask the recorder to retry the uploads that failed."""
+    """The sweep's part: ask the recorder to retry the uploads that failed. Over several
+    nodes each failed recording goes to the node that recorded it (its `recorderNode`;
+    every healthy node when that is not known); a node that is not healthy or does not
+    answer is reported under `nodes` with its error, and the others still retry."""
     if not recorder_configured():
         return {"retrying": 0}
-    answer = recorder_call("POST", "/recordings/retry")
-    if answer.get("retrying"):
-        log.info("recordings_retry", retrying=answer["retrying"])
-    return {"retrying": int(answer.get("retrying") or 0)}
+    if not settings.RECORDER_NODES:
+        answer = recorder_call("POST", "/recordings/retry")
+        if answer.get("retrying"):
+            log.info("recordings_retry", retrying=answer["retrying"])
+        return {"retrying": int(answer.get("retrying") or 0)}
+    held: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for recording in store.recordings_oldest([("source", "==", "recorder"),
+                                              ("status", "==", "failed")],
+                                             limit=_RETRY_BATCH):
+        node_id = recording.get("recorderNode")
+        (held.setdefault(node_id, []) if node_id else unknown).append(recording["recordingId"])
+    urls = placement.recorder_node_urls()
+    for node_id in urls if unknown else ():
+        held.setdefault(node_id, []).extend(unknown)
+    nodes: dict[str, dict] = {}
+    for node_id, sids in sorted(held.items()):
+        try:
+            if node_id not in urls:
+                raise RecorderUnavailable(f"The recorder node {node_id} is not healthy (no "
+                                          "recent heartbeat).")
+            answer = recorder_call_at(urls[node_id], "POST", "/recordings/retry",
+                                      json={"sids": sids})
+            nodes[node_id] = {"retrying": int(answer.get("retrying") or 0)}
+        except AppError as exc:  # that node's recordings wait for the next sweep
+            log.warning("recordings_retry_node_failed", node=node_id, error=exc.code)
+            nodes[node_id] = {"error": exc.code, "message": exc.message,
+                              "recordings": len(sids)}
+    retrying = sum(node.get("retrying", 0) for node in nodes.values())
+    if retrying:
+        log.info("recordings_retry", retrying=retrying)
+    return {"retrying": retrying, "nodes": nodes}
 
 
 def recordings_active(*, principal: Principal) -> list[dict]:

@@ -417,3 +417,28 @@ def test_the_pages_fit_a_phone_screen(console, as_user):
         width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert width[0] <= width[1], (path, width)
         page.shot(name)
+
+
+def test_the_now_page_shows_the_recorder_nodes_and_their_free_capacity(
+        chromium, start_server, start_recorder, tmp_path):
+    from devstack.emulators import wait_until
+    from recordings.nodes import nodes_all
+
+    node = start_recorder(RECORDER_NODE_ID="node-a", RECORDER_MAX_SESSIONS="3")
+    wait_until(lambda: any(n.get("url") == node.base for n in nodes_all()), timeout=30,
+               what="node-a registered")
+    base = start_server(RECORDER_NODES="true")
+    context = chromium.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{base}/ops/")
+    page.fill("#credential", settings.OPS_API_KEY)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_url(f"{base}/ops/")
+    row = page.locator('#recorder-nodes tr[data-node-id="node-a"]')
+    text = row.inner_text()
+    assert "ok" in text and "0 / 3" in text and node.base in text, text
+    assert page.locator("#recorder-free").inner_text() == "3"
+    page.screenshot(path=str(tmp_path / "now-recorder-nodes.png"), full_page=True)
+    assert png_colours((tmp_path / "now-recorder-nodes.png").read_bytes()) >= 8
+    context.close()

@@ -12,6 +12,7 @@ import pytest
 from devstack.emulators import wait_until
 from integrations.firebase import firestore_client
 from recorder_bridge import client as recorder_client
+from tests.conftest import post_json
 from tests.helpers import invite, storage_down
 
 
@@ -157,3 +158,106 @@ def test_a_failed_upload_is_retried_by_the_node_that_recorded_it(
     wait_until(lambda: json.loads(sidecar.read_text())["retryCount"] == 2, timeout=60,
                what="node-a retrying the upload (Storage still down there)")
     recorder_client._http.cache_clear()
+
+
+def test_health_reports_each_node_and_the_free_capacity(as_user, client, two_nodes, settings):
+    a, b = two_nodes["node-a"], two_nodes["node-b"]
+    _, placed = _start(as_user, 1)
+    assert placed.status_code == 200, placed.content
+    _counted("node-b", 1)
+
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    recorder = response.json()["recorder"]
+    assert (recorder["status"], recorder["capacity"], recorder["sessions"],
+            recorder["freeCapacity"]) == ("ok", 3, 1, 2)
+    listed = {node["nodeId"]: node for node in recorder["nodes"]}
+    assert [(n["url"], n["status"], n["healthy"], n["capacity"], n["sessions"], n["free"],
+             n["browser"]) for n in (listed["node-a"], listed["node-b"])] == [
+        (a.base, "ok", True, 1, 0, 1, "up"), (b.base, "ok", True, 2, 1, 1, "up")]
+    assert all(0 <= node["heartbeatAgeSeconds"] < 30 for node in listed.values())
+    assert a.secret not in response.content.decode()
+
+    a.kill_hard()
+    settings.RECORDER_HEARTBEAT_SECONDS = 60  # its last heartbeat still counts as fresh
+    recorder = client.get("/api/health").json()["recorder"]
+    dead = next(node for node in recorder["nodes"] if node["nodeId"] == "node-a")
+    assert (dead["status"], dead["healthy"], dead["error"]) == ("down", True, "ConnectError")
+    assert (recorder["status"], recorder["freeCapacity"]) == ("ok", 1)
+
+    settings.RECORDER_HEARTBEAT_SECONDS = 0.5
+    wait_until(lambda: [n["status"] for n in client.get("/api/health").json()["recorder"]
+                        ["nodes"]] == ["stale", "ok"], timeout=30, what="node-a going stale")
+    b.kill_hard()
+    wait_until(lambda: client.get("/api/health").json()["recorder"]["status"] == "down",
+               timeout=30, what="no node left")
+    body = client.get("/api/health").json()
+    assert (body["status"], body["recorder"]["error"], body["recorder"]["freeCapacity"]) == (
+        "ok", "no_healthy_node", 0)
+
+
+def test_the_sweep_retries_on_each_node_and_reports_one_that_is_down(
+        as_user, client, start_recorder, settings, tmp_path):
+    down = storage_down()
+    a = start_recorder(RECORDINGS_DIR=str(tmp_path / "node-a"), RECORDER_NODE_ID="node-a",
+                       RECORDER_MAX_SESSIONS="1", RECORDER_HEARTBEAT_SECONDS="0.5", **down)
+    b = start_recorder(RECORDINGS_DIR=str(tmp_path / "node-b"), RECORDER_NODE_ID="node-b",
+                       RECORDER_MAX_SESSIONS="2", RECORDER_HEARTBEAT_SECONDS="0.5", **down)
+    for node_id, recorder in (("node-a", a), ("node-b", b)):
+        wait_until(lambda n=node_id, r=recorder: _node(n).get("url") == r.base, timeout=30,
+                   what=f"{node_id} registered")
+    settings.DEBUG, settings.RECORDER_SERVICE_URL, settings.RECORDER_NODES = True, "", True
+    settings.RECORDER_SECRET = start_recorder.secret
+    settings.RECORDER_HEARTBEAT_SECONDS = 0.5
+    recorder_client._http.cache_clear()
+    sidecars = {}
+    for n, node_id, node in ((1, "node-b", b), (2, "node-a", a)):  # most room first
+        _, started = _start(as_user, n)
+        assert started.status_code == 200, started.content
+        assert _on(node, started.json()["sid"])
+        _counted(node_id, 1)
+        sidecars[node_id] = (n, started.json()["sid"], tmp_path / node_id / started.json()[
+            "filename"].replace(".webm", ".json"))
+    for node_id, (n, sid, sidecar) in sidecars.items():
+        wait_until(lambda s=sidecar: json.loads(s.read_text())["chunks"] >= 2, timeout=30,
+                   what=f"two chunks on {node_id}")
+        stopped = as_user(f"caller{n}").post("/api/recording/stop", {"sid": sid})
+        assert stopped.json()["status"] == "failed", stopped.content
+    sidecars = {node_id: sidecar for node_id, (_n, _sid, sidecar) in sidecars.items()}
+    b.kill_hard()
+    settings.RECORDER_HEARTBEAT_SECONDS = 60  # node-b looks healthy but does not answer
+
+    response = post_json(client, "/api/call/timeout/sweep", {},
+                         {"X-Ops-Key": settings.OPS_API_KEY})
+
+    assert response.status_code == 200, response.content
+    part = response.json()["report"]["recorderRetries"]
+    assert "error" not in part, part
+    assert part["retrying"] == 1
+    assert part["nodes"]["node-a"] == {"retrying": 1}
+    assert (part["nodes"]["node-b"]["error"], part["nodes"]["node-b"]["recordings"]) == (
+        "recorder_unavailable", 1)
+    wait_until(lambda: json.loads(sidecars["node-a"].read_text())["retryCount"] == 2,
+               timeout=60, what="node-a retrying its upload (Storage still down there)")
+    assert json.loads(sidecars["node-b"].read_text())["retryCount"] == 1
+    recorder_client._http.cache_clear()
+
+
+@pytest.mark.pure
+def test_replicas_of_one_service_register_each_at_its_own_address(monkeypatch):
+    import socket
+
+    from recorder.config import Settings
+
+    monkeypatch.setenv("RECORDER_ALLOW_NO_SECRET", "1")
+    monkeypatch.setenv("RECORDER_HOST", "0.0.0.0")
+    monkeypatch.setenv("RECORDER_NODE_ID", "auto")
+    monkeypatch.setenv("RECORDER_NODE_URL", "http://{ip}:3100")
+    monkeypatch.setattr(socket, "gethostname", lambda: "c0ffee123456")
+    monkeypatch.setattr(socket, "gethostbyname",
+                        lambda name: {"c0ffee123456": "172.18.0.7"}[name])
+    settings = Settings.from_env()
+    assert (settings.node_id, settings.node_url) == ("c0ffee123456-3100",
+                                                     "http://172.18.0.7:3100")
+    monkeypatch.setenv("RECORDER_NODE_URL", "http://{hostname}:3100/")
+    assert Settings.from_env().node_url == "http://c0ffee123456:3100"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -408,3 +409,69 @@ def test_a_stop_wait_that_is_not_a_number_of_seconds_is_400(start_recorder):
         assert (status, answer["error"]["code"]) == (400, "bad_request"), (wait, answer)
     status, answer = recorder.call("POST", "/sessions/no-such-session/stop", {"wait": 5})
     assert (status, answer["error"]["code"]) == (404, "session_not_found")
+
+
+def _renderers(root: int) -> list[tuple[int, int]]:
+    """(PSS kB, pid) of every Chromium renderer process under `root`."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    found = []
+    for pid in tree:
+        try:
+            if b"--type=renderer" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        found.append((int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1)), pid))
+    return found
+
+
+def test_a_killed_renderer_ends_only_the_sessions_of_its_context(start_recorder):
+    recorder = start_recorder(RECORDER_SESSIONS_PER_CONTEXT="2")
+    started = []
+    for i in range(4):  # two contexts of two sessions
+        status, body = recorder.call("POST", "/sessions", {"channel": f"g_shard{i}_x",
+                                                           "source": f"tone:{440 + 110 * i}"})
+        assert status == 201, body
+        started.append(body)
+    assert recorder.call("GET", "/health")[1]["contexts"] == 2
+    sids = [s["sid"] for s in started]
+    wait_until(lambda: all(recorder.sidecar(s["filename"])["chunks"] >= 3 for s in started),
+               timeout=60, what="three chunks of every session")
+    # The renderer holding the most is one holding pages (not a spare or an empty one).
+    victim = max(_renderers(recorder.proc.pid))[1]
+    before = {s["sid"]: recorder.sidecar(s["filename"])["chunks"] for s in started}
+    os.kill(victim, signal.SIGKILL)
+
+    def status(sid: str) -> dict:
+        return recorder.call("GET", f"/sessions/{sid}")[1]
+
+    wait_until(lambda: any(status(sid)["status"] == "stopped" for sid in sids), timeout=60,
+               what="a session ending with the renderer")
+    time.sleep(3)  # the other context's sessions go on recording meanwhile
+    ended = [sid for sid in sids if status(sid)["status"] == "stopped"]
+    assert ended in (sids[:2], sids[2:]), ended  # exactly the two of one context
+    for sid in ended:
+        result = status(sid)
+        assert result["stopReason"] == "renderer_crashed"
+        # Everything uploaded before the crash is in the stored recording.
+        assert result["chunks"] >= before[sid] and result["durationMs"] >= (
+            before[sid] - 1) * 1000, result
+    for s in started:
+        if s["sid"] not in ended:
+            assert status(s["sid"])["status"] == "recording"
+            assert recorder.sidecar(s["filename"])["chunks"] > before[s["sid"]] + 1
+            stopped = recorder.call("POST", f"/sessions/{s['sid']}/stop")[1]
+            assert stopped["stopReason"] == "requested"

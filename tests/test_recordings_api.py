@@ -193,6 +193,11 @@ def test_health_reports_the_recorder(client, recorder, settings, tmp_path):
     assert body["recorder"]["disk"]["recordingsBytes"] == 1000
     assert body["disk"]["recordingsBytes"] == 500
     assert body["disk"]["freeBytes"] > 0 and body["recorder"]["disk"]["freeBytes"] > 0
+    # RECORDER_SERVICE_URL alone: that recorder as the one node, with its free capacity.
+    node, = body["recorder"]["nodes"]
+    assert (node["url"], node["status"], node["capacity"], node["sessions"], node["free"]) == (
+        recorder.base, "ok", 20, 0, 20)
+    assert body["recorder"]["freeCapacity"] == 20
     settings.RECORDER_SERVICE_URL = f"http://127.0.0.1:{free_port()}"
     body = client.get("/api/health").json()
     assert body["recorder"]["status"] == "down" and body["status"] == "ok"

@@ -128,9 +128,16 @@
     if (s) return fail("already_started", "this page already records a session");
     s = { sid: cfg.sid, key: cfg.key, seq: 0, chain: Promise.resolve() };
     try {
-      s.ctx = new AudioContext();
+      // The mix is speech stored as 16 kHz mono: one channel to encode, and the rate and
+      // buffer size the recorder chose (RECORDER_AUDIO_SAMPLE_RATE, RECORDER_AUDIO_LATENCY).
+      const options = { latencyHint: cfg.latencyHint || "interactive" };
+      if (cfg.sampleRate) options.sampleRate = cfg.sampleRate;
+      s.ctx = new AudioContext(options);
       await s.ctx.resume();
       s.dest = s.ctx.createMediaStreamDestination();
+      s.dest.channelCount = 1;
+      s.dest.channelCountMode = "explicit";
+      s.dest.channelInterpretation = "speakers";
       // A silent source keeps the recording's clock running while nobody is heard (no
       // remote track yet, everyone left, reconnecting): without it Chrome records no
       // frames then and the WebM's timeline skips the silence.
