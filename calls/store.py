@@ -29,7 +29,7 @@ CALLS = "calls"
 LINES = "lines"
 CHANNELS = "channels"
 NOTICES = "agoraNotices"
-_MAX_ATTEMPTS = 25  # reads-and-writes retried on contention (racing accept/cancel)
+_MAX_ATTEMPTS = 10  # reads-and-writes retried on contention (a race settles in two)
 
 
 class CallNotFound(Exception):

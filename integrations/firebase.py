@@ -127,15 +127,14 @@ def firestore_client():
     client = firestore.client(firebase_app())
     seconds = _config_source().firestore_timeout_seconds
     if seconds:
-        _bound_every_call(client, seconds)
+        _bound_every_call(client._firestore_api._transport, seconds)
     return client
 
 
-def _bound_every_call(client, seconds: float) -> None:
+def _bound_every_call(transport, seconds: float) -> None:
     # The one place every call passes: the GAPIC transport's wrapped methods, whose defaults
     # (timeout and retry) apply whenever a caller names none, as ours never do. A timeout
     # here is a gRPC deadline (streams included); the retry stops at the same deadline.
-    transport = client._firestore_api._transport
     long_lived = {transport.listen, transport.write}  # a listener's stream lives on purpose
     for target, method in transport._wrapped_methods.items():
         if target in long_lived:
@@ -177,11 +176,8 @@ def firestore_async_client():
         client = cloud_firestore.AsyncClient(credentials=app.credential.get_credential(),
                                              project=app.project_id)
         seconds = _config_source().firestore_timeout_seconds
-        if seconds:  # as for the sync client (_bound_every_call); the async GAPIC's transport
-            for method in client._firestore_api._client._transport._wrapped_methods.values():
-                method._timeout = seconds
-                if method._retry is not None:
-                    method._retry = method._retry.with_timeout(seconds)
+        if seconds:  # the async GAPIC client keeps its transport one level down
+            _bound_every_call(client._firestore_api._client._transport, seconds)
         _async_clients[loop] = client
     return client
 

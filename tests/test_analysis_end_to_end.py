@@ -15,6 +15,7 @@ import wave
 
 import httpx
 import pytest
+from google.cloud.firestore import FieldFilter
 
 from devstack.emulators import _http_ok, free_port, spawn, stop, wait_until
 from integrations.firebase import firestore_client
@@ -94,7 +95,7 @@ def test_an_uploaded_korean_recording_is_analysed_and_followed_live(
         assert uploaded.status_code == 201, uploaded.text
         recording_id = uploaded.json()["recordingId"]
         [job] = [snap.to_dict() for snap in firestore_client().collection("analysisJobs")
-                 .where("recordingId", "==", recording_id).stream()]  # made by ANALYSIS_AUTO
+                 .where(filter=FieldFilter("recordingId", "==", recording_id)).stream()]  # made by ANALYSIS_AUTO
         with http.stream("GET", f"{events_base}/api/analysis/{job['jobId']}/events",
                          headers=alice,
                          timeout=httpx.Timeout(30, read=120)) as stream:

@@ -450,14 +450,24 @@ def test_a_killed_renderer_ends_only_the_sessions_of_its_context(start_recorder)
     sids = [s["sid"] for s in started]
     wait_until(lambda: all(recorder.sidecar(s["filename"])["chunks"] >= 3 for s in started),
                timeout=60, what="three chunks of every session")
-    # The renderer holding the most is one holding pages (not a spare or an empty one).
-    victim = max(_renderers(recorder.proc.pid))[1]
     before = {s["sid"]: recorder.sidecar(s["filename"])["chunks"] for s in started}
-    os.kill(victim, signal.SIGKILL)
 
     def status(sid: str) -> dict:
         return recorder.call("GET", f"/sessions/{sid}")[1]
 
+    def any_ended() -> bool:
+        return any(status(sid)["status"] != "recording" for sid in sids)
+
+    # Each context has two renderers of about the same size: the one its pages share and one
+    # that only keeps its first about:blank (killing that ends nothing). Kill them, biggest
+    # first, until one takes sessions with it.
+    for _, victim in sorted(_renderers(recorder.proc.pid), reverse=True):
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not any_ended() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if any_ended():
+            break
     wait_until(lambda: any(status(sid)["status"] == "stopped" for sid in sids), timeout=60,
                what="a session ending with the renderer")
     time.sleep(3)  # the other context's sessions go on recording meanwhile
