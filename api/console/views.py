@@ -337,32 +337,33 @@ def _back(request: HttpRequest, done: str) -> HttpResponseRedirect:
     return HttpResponseRedirect(back + ("&" if "?" in back else "?") + f"done={done}")
 
 
+def _recording_action(request: HttpRequest, recording_id: str, action: str, service,
+                      done: str) -> HttpResponse:
+    """Run a library service on a recording for the console user, log it, and go back to
+    the page the form was on with `done` (formatted with the answer's status)."""
+    try:
+        _, answer = service(principal=request.principal, recording_id=recording_id)
+    except AppError as exc:
+        return _failure(request, exc)
+    audit(request, action, recording_id, detail={"status": answer.get("status"),
+                                                 "console": True})
+    return _back(request, done.format(status=answer.get("status")))
+
+
 @csrf_protect
 @require_POST
 @console_page
 def recording_retry(request: HttpRequest, recording_id: str):
-    try:
-        _, answer = retries.recording_retry(principal=request.principal,
-                                            recording_id=recording_id)
-    except AppError as exc:
-        return _failure(request, exc)
-    audit(request, "retry", recording_id, detail={"status": answer.get("status"),
-                                                  "console": True})
-    return _back(request, f"retried-{answer.get('status')}")
+    return _recording_action(request, recording_id, "retry", retries.recording_retry,
+                             "retried-{status}")
 
 
 @csrf_protect
 @require_POST
 @console_page
 def recording_delete(request: HttpRequest, recording_id: str):
-    try:
-        _, answer = deletion.recording_delete(principal=request.principal,
-                                              recording_id=recording_id)
-    except AppError as exc:
-        return _failure(request, exc)
-    audit(request, "delete", recording_id, detail={"status": answer["status"],
-                                                   "console": True})
-    return _back(request, answer["status"])
+    return _recording_action(request, recording_id, "delete", deletion.recording_delete,
+                             "{status}")
 
 
 # --- access log ----------------------------------------------------------------------------------
